@@ -1,0 +1,5 @@
+"""Allow `python -m interlatent_mcp`."""
+
+from interlatent_mcp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Hook points: naming, discovery and capture of a module's inputs and outputs.
+
+A hook point is `<dotted module path>:pre` (the module's first input) or `:post` (its output). A
+bare module path means `:post`. Capture installs one forward hook per module, whatever the number
+of points on it, and keeps a reference to each step's tensor; at flush time the references are
+concatenated into a preallocated buffer, which costs far less per step than a copy per hook call.
+If the model has in-place modules (for example `ReLU(inplace=True)`), a later module could
+overwrite a referenced tensor, so each captured tensor is cloned instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from interlatent_mcp.errors import InvalidArgumentError, UnknownLayerError, closest_names
+
+logger = logging.getLogger(__name__)
+
+Point = Literal["pre", "post"]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A parsed layer name."""
+
+    module_path: str
+    point: Point
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_path}:{self.point}"
+
+
+def parse_layer_name(name: str) -> HookPoint:
+    """Parse 'a.b:pre' / 'a.b:post' / 'a.b' (meaning :post)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError(f"layer name must be a non-empty string, got {name!r}")
+    path, _, point = name.strip().partition(":")
+    point = point or "post"
+    if point not in ("pre", "post"):
+        raise InvalidArgumentError(
+            f"layer {name!r} ends in ':{point}'; use ':pre' for a module's input or ':post' for "
+            f"its output"
+        )
+    return HookPoint(path, point)  # type: ignore[arg-type]
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def list_hook_points(module: nn.Module, sample_input: torch.Tensor, forward: Any = None) -> dict[str, int]:
+    """Return every hookable point of `module` with its width (features per sample).
+
+    Runs one forward pass on `sample_input` (a batch of one) with a hook on every submodule;
+    points whose value is not a tensor are left out. `forward` replaces `module(sample_input)`
+    when the policy's forward needs extra arguments.
+    """
+    widths: dict[str, int] = {}
+    handles = []
+
+    def make_hook(path: str):
+        def hook(_module: nn.Module, inputs: tuple, output: Any) -> None:
+            for point, value in (("pre", _first_tensor(inputs)), ("post", _first_tensor(output))):
+                if value is not None and f"{path}:{point}" not in widths and value.dim() >= 1:
+                    batch = max(int(value.shape[0]), 1)
+                    widths[f"{path}:{point}"] = int(value.numel() // batch)
+        return hook
+
+    try:
+        for path, sub in module.named_modules():
+            if path:
+                handles.append(sub.register_forward_hook(make_hook(path)))
+        with torch.inference_mode():
+            (forward or module)(sample_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = {path: i for i, (path, _) in enumerate(module.named_modules())}
+    return dict(sorted(widths.items(), key=lambda item: (order[item[0].rpartition(":")[0]],
+                                                        item[0].endswith(":post"))))
+
+
+def resolve_layers(names: Sequence[str], known: dict[str, int]) -> list[str]:
+    """Normalise layer names and check them against `known`; an unknown one lists valid names."""
+    if not names:
+        raise InvalidArgumentError("at least one layer is needed; known layers: "
+                                   + ", ".join(known))
+    resolved = []
+    for name in names:
+        full = parse_layer_name(name).name
+        if full not in known:
+            hint = closest_names(full, list(known))
+            raise UnknownLayerError(
+                f"layer {name!r} not found"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; known layers: {', '.join(known)}"
+            )
+        if full not in resolved:
+            resolved.append(full)
+    return resolved
+
+
+def _has_inplace_modules(module: nn.Module) -> bool:
+    return any(getattr(sub, "inplace", False) is True for sub in module.modules())
+
+
+class ActivationRecorder:
+    """Collects each hook point's per-step tensors and turns them into (n, width) numpy blocks."""
+
+    def __init__(self, points: Sequence[HookPoint], widths: dict[str, int], chunk_steps: int,
+                 clone: bool) -> None:
+        self.points = list(points)
+        self.widths = widths
+        self.chunk_steps = chunk_steps
+        self.clone = clone
+        self.pending: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
+        # Preallocated (chunk_steps, width) buffers; numpy views share their memory.
+        self._buffers = {p.name: torch.empty(chunk_steps, widths[p.name]) for p in points}
+
+    def make_hook(self, module_path: str, points: Sequence[Point]):
+        pre = self.pending[f"{module_path}:pre"] if "pre" in points else None
+        post = self.pending[f"{module_path}:post"] if "post" in points else None
+        clone = self.clone
+
+        def hook(_module: nn.Module, inputs: tuple, output: Any) -> None:
+            if pre is not None:
+                value = inputs[0]
+                pre.append(value.clone() if clone else value)
+            if post is not None:
+                value = output if isinstance(output, torch.Tensor) else output[0]
+                post.append(value.clone() if clone else value)
+        return hook
+
+    def take(self, n_steps: int) -> dict[str, np.ndarray]:
+        """Remove the first `n_steps` steps of every point and return them as float32 arrays.
+
+        The arrays are views of the recorder's buffers: write them out before the next `take`.
+        """
+        blocks = {}
+        for name, pending in self.pending.items():
+            if len(pending) < n_steps:
+                raise InvalidArgumentError(
+                    f"hook point {name} fired {len(pending)} times for {n_steps} steps; the "
+                    f"policy's forward pass must run the hooked module once per step"
+                )
+            buffer = self._buffers[name]
+            if n_steps > buffer.shape[0]:
+                buffer = self._buffers[name] = torch.empty(n_steps, self.widths[name])
+            taken = pending[:n_steps]
+            del pending[:n_steps]
+            if taken:
+                flat = [t.reshape(t.shape[0], -1) for t in taken]
+                torch.cat(flat, dim=0, out=buffer[:n_steps])
+            blocks[name] = buffer[:n_steps].numpy()
+        return blocks
+
+    def discard(self) -> None:
+        for pending in self.pending.values():
+            pending.clear()
+
+
+@contextmanager
+def capture(module: nn.Module, layer_names: Sequence[str], widths: dict[str, int],
+            chunk_steps: int) -> Iterator[ActivationRecorder]:
+    """Install one forward hook per module for `layer_names`; remove them all on exit."""
+    points = [parse_layer_name(name) for name in layer_names]
+    by_module: dict[str, list[Point]] = {}
+    for point in points:
+        by_module.setdefault(point.module_path, []).append(point.point)
+    modules = dict(module.named_modules())
+    recorder = ActivationRecorder(points, widths, chunk_steps, clone=_has_inplace_modules(module))
+    handles = []
+    try:
+        for path, module_points in by_module.items():
+            handles.append(modules[path].register_forward_hook(recorder.make_hook(path, module_points)))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
