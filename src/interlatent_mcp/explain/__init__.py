@@ -1,0 +1,1 @@
+"""Explanations of channels: a safe predicate language, scoring, heuristic drafts, LLM backends."""
