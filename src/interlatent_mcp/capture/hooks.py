@@ -1,11 +1,14 @@
 """Hook points: naming, discovery and capture of a module's inputs and outputs.
 
 A hook point is `<dotted module path>:pre` (the module's first input) or `:post` (its output). A
-bare module path means `:post`. Capture installs one forward hook per module, whatever the number
-of points on it, and keeps a reference to each step's tensor; at flush time the references are
-concatenated into a preallocated buffer, which costs far less per step than a copy per hook call.
-If the model has in-place modules (for example `ReLU(inplace=True)`), a later module could
-overwrite a referenced tensor, so each captured tensor is cloned instead.
+bare module path means `:post`. Capture wraps the `forward` of each hooked module once, whatever
+the number of points on it, and keeps a reference to each step's tensors; at flush time the
+references are concatenated into a preallocated buffer. On a policy as small as the CartPole demo
+this costs a few microseconds per step, where `register_forward_hook` (which moves every call of
+the module onto torch's slow hook path) plus a copy per call costs several times more
+(bench/capture.py measures it). Modules whose `forward` cannot be replaced (TorchScript) fall back
+to a forward hook. If the model has in-place modules (for example `ReLU(inplace=True)`), a later
+module could overwrite a referenced tensor, so each captured tensor is cloned instead.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class ActivationRecorder:
         self._buffers = {p.name: torch.empty(chunk_steps, widths[p.name]) for p in points}
 
     def make_hook(self, module_path: str, points: Sequence[Point]):
+        """Return a forward hook `(module, inputs, output)` that records this module's points."""
         pre = self.pending[f"{module_path}:pre"] if "pre" in points else None
         post = self.pending[f"{module_path}:post"] if "post" in points else None
         clone = self.clone
@@ -143,6 +147,52 @@ class ActivationRecorder:
                 value = output if isinstance(output, torch.Tensor) else output[0]
                 post.append(value.clone() if clone else value)
         return hook
+
+    def make_pre_hook(self, module_path: str):
+        """Return a forward pre-hook that clones the module's input before the module runs."""
+        pending = self.pending[f"{module_path}:pre"]
+
+        def pre_hook(_module: nn.Module, inputs: tuple) -> None:
+            pending.append(inputs[0].clone())
+        return pre_hook
+
+    def make_forward(self, module: nn.Module, module_path: str, points: Sequence[Point]):
+        """Return a replacement for `module.forward` that records this module's points."""
+        original = module.forward
+        if self.clone:
+            pre_points = self.pending[f"{module_path}:pre"] if "pre" in points else None
+            post_points = self.pending[f"{module_path}:post"] if "post" in points else None
+
+            def forward_cloning(x: Any, *args: Any, **kwargs: Any) -> Any:
+                # The input is cloned before the call, because an in-place module overwrites it.
+                if pre_points is not None:
+                    pre_points.append(x.clone())
+                output = original(x, *args, **kwargs)
+                if post_points is not None:
+                    value = output if isinstance(output, torch.Tensor) else output[0]
+                    post_points.append(value.clone())
+                return output
+            return forward_cloning
+        pre = self.pending[f"{module_path}:pre"].append if "pre" in points else None
+        post = self.pending[f"{module_path}:post"].append if "post" in points else None
+        if pre is not None and post is not None:
+            def forward_both(x: Any, *args: Any, **kwargs: Any) -> Any:
+                pre(x)
+                output = original(x, *args, **kwargs)
+                post(output if isinstance(output, torch.Tensor) else output[0])
+                return output
+            return forward_both
+        if pre is not None:
+            def forward_pre(x: Any, *args: Any, **kwargs: Any) -> Any:
+                pre(x)
+                return original(x, *args, **kwargs)
+            return forward_pre
+
+        def forward_post(*args: Any, **kwargs: Any) -> Any:
+            output = original(*args, **kwargs)
+            post(output if isinstance(output, torch.Tensor) else output[0])
+            return output
+        return forward_post
 
     def take(self, n_steps: int) -> dict[str, np.ndarray]:
         """Remove the first `n_steps` steps of every point and return them as float32 arrays.
@@ -183,10 +233,23 @@ def capture(module: nn.Module, layer_names: Sequence[str], widths: dict[str, int
     modules = dict(module.named_modules())
     recorder = ActivationRecorder(points, widths, chunk_steps, clone=_has_inplace_modules(module))
     handles = []
+    wrapped: list[nn.Module] = []
     try:
         for path, module_points in by_module.items():
-            handles.append(modules[path].register_forward_hook(recorder.make_hook(path, module_points)))
+            target = modules[path]
+            if isinstance(target, torch.jit.ScriptModule) or "forward" in vars(target):
+                if recorder.clone and "pre" in module_points:
+                    # A forward hook runs after an in-place module has overwritten its input.
+                    handles.append(target.register_forward_pre_hook(recorder.make_pre_hook(path)))
+                    module_points = [point for point in module_points if point != "pre"]
+                handles.append(target.register_forward_hook(recorder.make_hook(path, module_points)))
+            else:
+                # An instance attribute shadows the class's forward until it is deleted.
+                target.forward = recorder.make_forward(target, path, module_points)
+                wrapped.append(target)
         yield recorder
     finally:
         for handle in handles:
             handle.remove()
+        for target in wrapped:
+            del target.forward

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,41 +49,23 @@ def register_policy(store: Store, policy: Policy) -> tuple[int, dict[str, int]]:
     return record.policy_id, {layer.name: layer.layer_id for layer in store.list_layers(record.policy_id)}
 
 
-@dataclass
-class _ChunkBuffers:
-    """Preallocated per-step context of one chunk."""
-
-    chunk_steps: int
-    n_variables: int
-    variables: np.ndarray = field(init=False)
-    episode: np.ndarray = field(init=False)
-    t: np.ndarray = field(init=False)
-    terminated: np.ndarray = field(init=False)
-    truncated: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.variables = np.zeros((self.chunk_steps, self.n_variables), dtype=np.float64)
-        self.episode = np.zeros(self.chunk_steps, dtype=np.int32)
-        self.t = np.zeros(self.chunk_steps, dtype=np.int32)
-        self.terminated = np.zeros(self.chunk_steps, dtype=bool)
-        self.truncated = np.zeros(self.chunk_steps, dtype=bool)
-
-    def to_step_chunk(self, step_start: int, n: int) -> StepChunk:
-        return StepChunk(step_start, self.episode[:n], self.t[:n], self.terminated[:n],
-                         self.truncated[:n], self.variables[:n])
-
-
 class _Recording:
-    """The mutable state of one rollout: position, episode bookkeeping and chunk flushing."""
+    """The mutable state of one rollout: per-step rows of the current chunk, episode bookkeeping
+    and chunk flushing.
+
+    Each step appends one tuple (observation, action, reward, terminated, truncated, t, episode)
+    to `rows`; columns are built once per chunk, which costs far less per step than writing into
+    arrays item by item.
+    """
 
     def __init__(self, store: Store, run: RunRecord, layer_ids: dict[str, int], recorder: Any,
-                 buffers: _ChunkBuffers, seed: int | None,
-                 accumulators: Sequence[EpisodeAccumulator]) -> None:
+                 seed: int | None, n_obs: int, accumulators: Sequence[EpisodeAccumulator]) -> None:
         self.store, self.run, self.layer_ids = store, run, layer_ids
-        self.recorder, self.buffers, self.seed = recorder, buffers, seed
+        self.recorder, self.seed, self.n_obs = recorder, seed, n_obs
         self.accumulators = accumulators
-        self.position = 0  # steps in the current chunk
-        self.step = 0  # steps written or buffered in this run
+        self.rows: list[tuple[Any, ...]] = []
+        self.metric_rows: list[list[float]] = []
+        self.step = 0  # steps recorded in this run, flushed or not
         self.chunk = 0
         self.episode = 0
         self.episode_first_step = 0
@@ -109,20 +90,43 @@ class _Recording:
         self.episode_return = 0.0
         self.accumulated = [acc.initial for acc in self.accumulators]
 
+    def step_chunk(self) -> StepChunk:
+        """Build the columnar context of the buffered rows."""
+        rows, n = self.rows, len(self.rows)
+        columns = []
+        if self.n_obs:
+            columns.append(np.asarray([row[0] for row in rows], dtype=np.float64).reshape(n, -1))
+        columns.append(np.asarray([row[1] for row in rows], dtype=np.float64).reshape(n, -1))
+        columns.append(np.asarray([row[2] for row in rows], dtype=np.float64).reshape(n, 1))
+        t = np.asarray([row[5] for row in rows], dtype=np.int32)
+        columns.append(t.astype(np.float64).reshape(n, 1))
+        if self.metric_rows:
+            columns.append(np.asarray(self.metric_rows, dtype=np.float64).reshape(n, -1))
+        return StepChunk(
+            step_start=self.step - n,
+            episode=np.asarray([row[6] for row in rows], dtype=np.int32),
+            t=t,
+            terminated=np.asarray([row[3] for row in rows], dtype=bool),
+            truncated=np.asarray([row[4] for row in rows], dtype=bool),
+            variables=np.concatenate(columns, axis=1),
+        )
+
     def flush(self) -> None:
-        n = self.position
-        if n == 0 and not self.finished:
+        """Write the buffered steps and finished episodes as one chunk (one transaction)."""
+        n = len(self.rows)
+        if n == 0:
+            if self.finished:
+                self.store.add_episodes(self.finished)
+                self.finished = []
             return
         blocks = self.recorder.take(n)
         activations = {self.layer_ids[name]: block for name, block in blocks.items()}
-        steps = self.buffers.to_step_chunk(self.step - n, n)
-        if n:
-            self.store.write_chunk(self.run.run_id, self.chunk, steps, activations, self.finished)
-            self.chunk += 1
-        else:
-            self.store.add_episodes(self.finished)
+        self.store.write_chunk(self.run.run_id, self.chunk, self.step_chunk(), activations,
+                               self.finished)
+        self.chunk += 1
         self.finished = []
-        self.position = 0
+        self.rows.clear()
+        self.metric_rows.clear()
 
 
 def _check_budget(episodes: int | None, steps: int | None, chunk_steps: int) -> None:
@@ -186,9 +190,9 @@ def record_rollout(
         )
         logger.info("recording run %d: %s in %s, layers %s", run.run_id, policy.name, env_id, names)
         with capture(policy.module, names, known, chunk_steps) as recorder:
-            state = _Recording(store, run, {n: layer_ids[n] for n in names}, recorder,
-                               _ChunkBuffers(chunk_steps, len(variables)), seed, accumulators)
-            return _run_loop(env, policy, state, len(obs_names), step_metrics, episodes, steps,
+            state = _Recording(store, run, {n: layer_ids[n] for n in names}, recorder, seed,
+                               len(obs_names), accumulators)
+            return _run_loop(env, policy, state, chunk_steps, step_metrics, episodes, steps,
                              progress, should_stop)
     finally:
         env.close()
@@ -198,55 +202,41 @@ def _post_points(known: dict[str, int]) -> list[str]:
     return [name for name in known if name.endswith(":post")]
 
 
-def _run_loop(env: Any, policy: Policy, state: _Recording, n_obs: int,
+def _run_loop(env: Any, policy: Policy, state: _Recording, chunk_steps: int,
               step_metrics: Sequence[StepMetric], episodes: int | None, steps: int | None,
               progress: ProgressCallback | None, should_stop: Callable[[], bool] | None) -> RunRecord:
     started = time.perf_counter()
-    buffers = state.buffers
-    n_actions = buffers.n_variables - n_obs - 2 - len(step_metrics) - len(state.accumulators)
-    reward_col = n_obs + n_actions
-    first_metric_col = reward_col + 2
+    act, env_step, append = policy.act, env.step, state.rows.append
+    keep_obs = state.n_obs > 0
+    has_metrics = bool(step_metrics or state.accumulators)
     status, error = "complete", None
     try:
         obs, _info = env.reset(seed=state.episode_seed())
+        t = 0
         with torch.inference_mode():
             while steps is None or state.step < steps:
-                i = state.position
-                action = policy.act(obs)
-                next_obs, reward, terminated, truncated, info = env.step(action)
+                action = act(obs)
+                next_obs, reward, terminated, truncated, info = env_step(action)
                 if state.step == 0:
                     _check_hooks_fired_once(state.recorder)
-
-                row = buffers.variables[i]
-                if n_obs:
-                    row[:n_obs] = obs
-                row[n_obs:reward_col] = action
-                row[reward_col] = reward
-                row[reward_col + 1] = state.step - state.episode_first_step
-                col = first_metric_col
-                for metric in step_metrics:
-                    row[col] = metric.fn(obs, reward, info)
-                    col += 1
-                for a, acc in enumerate(state.accumulators):
-                    state.accumulated[a] = acc.update(state.accumulated[a], obs, reward, info)
-                    row[col] = state.accumulated[a]
-                    col += 1
-                buffers.episode[i] = state.episode
-                buffers.t[i] = state.step - state.episode_first_step
-                buffers.terminated[i] = terminated
-                buffers.truncated[i] = truncated
-                state.episode_return += float(reward)
-                state.position += 1
+                if has_metrics:
+                    state.metric_rows.append(_metric_values(state, step_metrics, obs, reward, info))
+                # Copy the observation: some environments update one array in place.
+                append((np.array(obs) if keep_obs else None, action, reward, terminated, truncated,
+                        t, state.episode))
+                state.episode_return += reward
                 state.step += 1
+                t += 1
 
                 if terminated or truncated:
                     state.end_episode(bool(terminated), bool(truncated))
                     if episodes is not None and state.episode >= episodes:
                         break
                     obs, _info = env.reset(seed=state.episode_seed())
+                    t = 0
                 else:
                     obs = next_obs
-                if state.position == buffers.chunk_steps:
+                if len(state.rows) == chunk_steps:
                     state.flush()
                     if progress is not None:
                         progress(state.step, state.episode)
@@ -267,6 +257,15 @@ def _run_loop(env: Any, policy: Policy, state: _Recording, n_obs: int,
                                   duration_s=time.perf_counter() - started, error=error)
 
 
+def _metric_values(state: _Recording, step_metrics: Sequence[StepMetric], obs: Any,
+                   reward: float, info: dict[str, Any]) -> list[float]:
+    values = [float(metric.fn(obs, reward, info)) for metric in step_metrics]
+    for index, accumulator in enumerate(state.accumulators):
+        state.accumulated[index] = accumulator.update(state.accumulated[index], obs, reward, info)
+        values.append(float(state.accumulated[index]))
+    return values
+
+
 def _check_hooks_fired_once(recorder: Any) -> None:
     counts = {name: len(pending) for name, pending in recorder.pending.items()}
     wrong = {name: count for name, count in counts.items() if count != 1}
@@ -284,7 +283,7 @@ def _save_partial(state: _Recording, error: BaseException, duration_s: float) ->
         state.flush()
     except Exception:  # noqa: BLE001 - the original error matters more; this one is logged
         logger.exception("could not write the last %d buffered steps of run %d",
-                         state.position, state.run.run_id)
+                         len(state.rows), state.run.run_id)
     try:
         state.store.finish_run(state.run.run_id, status="interrupted", duration_s=duration_s,
                                error=message)
