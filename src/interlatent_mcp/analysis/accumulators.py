@@ -159,16 +159,26 @@ class AdaptiveHistogram:
             total = cumulative[channel, -1]
             if total == 0:
                 continue
-            # The q-quantile sits at 0-based rank q*(n-1) among the sorted values.
+            # The q-quantile sits at 0-based rank q*(n-1) among the sorted values, and numpy
+            # interpolates between the order statistics on either side of it. Each is read to
+            # within one bin, so the interpolation is too, even when the two lie bins apart.
             ranks = np.asarray(qs) * (total - 1)
-            bin_index = np.searchsorted(cumulative[channel], ranks, side="right")
-            bin_index = np.minimum(bin_index, self.bins - 1)
-            before = np.where(bin_index > 0, cumulative[channel, bin_index - 1], 0)
-            in_bin = np.maximum(self.counts[channel, bin_index], 1)
-            fraction = (ranks - before + 0.5) / in_bin
-            values = self.low[channel] + (bin_index + np.clip(fraction, 0, 1)) * self.width[channel]
+            below = np.floor(ranks)
+            above = np.minimum(below + 1, total - 1)
+            low_values = self._order_statistics(channel, cumulative[channel], below)
+            high_values = self._order_statistics(channel, cumulative[channel], above)
+            values = low_values + (ranks - below) * (high_values - low_values)
             result[channel] = np.clip(values, minimum[channel], maximum[channel])
         return result
+
+    def _order_statistics(self, channel: int, cumulative: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """Estimate the values at integer 0-based `ranks`, each inside the bin that contains it."""
+        bin_index = np.searchsorted(cumulative, ranks, side="right")
+        bin_index = np.minimum(bin_index, self.bins - 1)
+        before = np.where(bin_index > 0, cumulative[bin_index - 1], 0)
+        in_bin = np.maximum(self.counts[channel, bin_index], 1)
+        fraction = (ranks - before + 0.5) / in_bin
+        return self.low[channel] + (bin_index + np.clip(fraction, 0, 1)) * self.width[channel]
 
     def coarse(self, channel: int, bins: int) -> tuple[list[float], list[int]]:
         """Return (edges, counts) with about `bins` bins over the channel's occupied range."""
