@@ -1,7 +1,7 @@
 """The `interlatent` command line.
 
-Each subcommand maps its options onto one library call and prints the result; library errors
-are printed as one line on stderr with exit status 2, without a traceback.
+Each subcommand maps its options onto one library call and prints the result. Library errors
+are printed as one line on stderr, without a traceback, and the exit status is 2.
 """
 
 from __future__ import annotations

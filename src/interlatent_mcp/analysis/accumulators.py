@@ -1,8 +1,8 @@
 """Streaming accumulators over batches of activations (steps x channels).
 
-Each accumulator sees every batch once, in order, and holds O(channels) state (the histogram
-holds O(channels x bins)), so statistics over a run of any length need one pass and one batch in
-memory. Sums are kept in float64 around a per-channel shift (the first batch's mean), which keeps
+Each accumulator is updated with every batch once, in order, and keeps O(channels) state
+(O(channels x bins) for the histogram). Statistics over a run of any length therefore need one
+pass and one batch in memory. Sums are kept in float64 around a per-channel shift (the first batch's mean), which keeps
 the variance and correlation formulas from cancelling catastrophically.
 """
 

@@ -12,8 +12,8 @@ from interlatent_mcp.errors import InvalidArgumentError, UnknownEnvironmentError
 
 logger = logging.getLogger(__name__)
 
-# Flat observations up to this many components are stored per step as variables; larger ones
-# (images, grids) are not, because a variable per pixel is neither useful nor cheap.
+# Flat observations with up to this many components are stored per step as variables. Larger
+# ones (images, grids) are not, because a variable per pixel is neither useful nor cheap.
 MAX_OBSERVATION_VARIABLES = 64
 
 # Names of the observation components, from each environment's Gymnasium documentation.
@@ -35,7 +35,7 @@ OBSERVATION_NAMES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class EnvInfo:
-    """What the registry knows about one environment id."""
+    """Description of one environment id: its spaces and observation names."""
 
     env_id: str
     observation_names: tuple[str, ...] | None

@@ -130,8 +130,9 @@ class ActivationRecorder:
         self.chunk_steps = chunk_steps
         self.clone = clone
         self.pending: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
-        # Preallocated (chunk_steps, width) buffers; numpy views share their memory.
-        self._buffers = {p.name: torch.empty(chunk_steps, widths[p.name]) for p in points}
+        # Preallocated (chunk_steps, *feature shape) buffers, made on the first `take` when the
+        # feature shape is known; the returned numpy arrays are (n, width) views of them.
+        self._buffers: dict[str, torch.Tensor] = {}
 
     def make_hook(self, module_path: str, points: Sequence[Point]):
         """Return a forward hook `(module, inputs, output)` that records this module's points."""
@@ -206,16 +207,32 @@ class ActivationRecorder:
                     f"hook point {name} fired {len(pending)} times for {n_steps} steps; the "
                     f"policy's forward pass must run the hooked module once per step"
                 )
-            buffer = self._buffers[name]
-            if n_steps > buffer.shape[0]:
-                buffer = self._buffers[name] = torch.empty(n_steps, self.widths[name])
             taken = pending[:n_steps]
             del pending[:n_steps]
-            if taken:
-                flat = [t.reshape(t.shape[0], -1) for t in taken]
-                torch.cat(flat, dim=0, out=buffer[:n_steps])
-            blocks[name] = buffer[:n_steps].numpy()
+            if not taken:
+                blocks[name] = np.zeros((0, self.widths[name]), dtype=np.float32)
+                continue
+            # Each step's tensor is (1, *features), so concatenating on dim 0 gives (n, *features)
+            # without a reshape per step. Inference mode on both sides, because buffers made
+            # inside it cannot be written outside it.
+            with torch.inference_mode():
+                buffer = self._buffer(name, taken[0], n_steps)
+                torch.cat(taken, dim=0, out=buffer[:n_steps])
+            blocks[name] = buffer[:n_steps].numpy().reshape(n_steps, -1)
         return blocks
+
+    def _buffer(self, name: str, example: torch.Tensor, n_steps: int) -> torch.Tensor:
+        if example.dim() == 0 or example.shape[0] != 1:
+            raise InvalidArgumentError(
+                f"hook point {name} produced a tensor of shape {tuple(example.shape)}; recording "
+                f"needs a batch of one observation per step"
+            )
+        features = tuple(example.shape[1:])
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[1:] != features or buffer.shape[0] < n_steps:
+            buffer = torch.empty((max(n_steps, self.chunk_steps), *features), dtype=torch.float32)
+            self._buffers[name] = buffer
+        return buffer
 
     def discard(self) -> None:
         for pending in self.pending.values():

@@ -1,7 +1,7 @@
 """User metrics recorded with every step, beside the observation, action and reward.
 
-A `StepMetric` is a function of one step; an `EpisodeAccumulator` folds the steps of an episode
-into a running value (recorded at every step, and its final value stored with the episode).
+A `StepMetric` is a function of one step. An `EpisodeAccumulator` folds the steps of an episode
+into a running value, which is recorded at every step; its final value is stored with the episode.
 Both receive the observation the policy acted on, and the reward and info that `env.step`
 returned for that action.
 """

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_STEPS = 1024
 MAX_CHUNK_STEPS = 65536
-# How often (in steps) a rollout asks `should_stop` whether to end early.
+# Interval in steps at which a rollout calls `should_stop` to check whether to end early.
 STOP_CHECK_INTERVAL = 256
 
 ProgressCallback = Callable[[int, int], None]
@@ -54,8 +54,8 @@ class _Recording:
     and chunk flushing.
 
     Each step appends one tuple (observation, action, reward, terminated, truncated, t, episode)
-    to `rows`; columns are built once per chunk, which costs far less per step than writing into
-    arrays item by item.
+    to `rows`. Columns are built once per chunk, because that costs far less per step than
+    writing into arrays item by item.
     """
 
     def __init__(self, store: Store, run: RunRecord, layer_ids: dict[str, int], recorder: Any,
