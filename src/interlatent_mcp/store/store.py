@@ -10,13 +10,14 @@ from typing import Any
 from interlatent_mcp.store.analyses import AnalysesMixin
 from interlatent_mcp.store.connection import Connections, default_store_path, initialise
 from interlatent_mcp.store.investigation import InvestigationMixin
+from interlatent_mcp.store.query import QueryMixin
 from interlatent_mcp.store.runs import RunsMixin
 from interlatent_mcp.store.schema import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
 
-class Store(RunsMixin, AnalysesMixin, InvestigationMixin):
+class Store(RunsMixin, AnalysesMixin, InvestigationMixin, QueryMixin):
     """The latent store. Thread-safe: each thread uses its own SQLite connection.
 
     Open it with `Store(path)` (None means `default_store_path()`); the file and its parent
