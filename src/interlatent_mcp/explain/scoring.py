@@ -172,25 +172,51 @@ def analysis_runs(store: Store, analysis: AnalysisRecord) -> list[RunRecord]:
     return [store.get_run(run_id) for run_id in analysis.run_ids]
 
 
-def step_values(variables: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Return {name: (n,) column} for a (n, len(names)) block of per-step variables."""
-    return {name: variables[:, i] for i, name in enumerate(names)}
+@dataclass
+class ScoringData:
+    """Some channels' activations and some per-step variables over an analysis's steps."""
+
+    channels: list[int]
+    activations: np.ndarray  # (n, k) float32, one column per channel
+    variables: dict[str, np.ndarray]  # name -> (n,) float64
+    run_offsets: dict[int, int]
+    """Row of each run's step 0: run r's step s is row run_offsets[r] + s."""
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.activations.shape[0])
 
 
 def read_scoring_data(store: Store, runs: Sequence[RunRecord], layer_id: int,
-                      channels: Sequence[int], predicate: Predicate) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the runs in batches of chunks; return activations (n, k) and predicate values (n,)."""
+                      channels: Sequence[int], variables: Sequence[str]) -> ScoringData:
+    """Stream the runs in batches of chunks, keeping only the given channels and variables."""
     columns: list[np.ndarray] = []
-    predicted: list[np.ndarray] = []
+    values: dict[str, list[np.ndarray]] = {name: [] for name in variables}
+    run_offsets: dict[int, int] = {}
     index = np.asarray(channels, dtype=np.int64)
+    n_rows = 0
     for run in runs:
-        for block, variables, _ in _batches(store, run, layer_id):
+        run_offsets[run.run_id] = n_rows
+        positions = {name: run.variables.index(name) for name in variables}
+        for block, step_variables, _ in _batches(store, run, layer_id):
             columns.append(block[:, index])  # (n_batch, k)
-            predicted.append(predicate.evaluate(step_values(variables, run.variables),
-                                                block.shape[0]))
-    if not columns:
-        return np.zeros((0, len(index)), dtype=np.float32), np.zeros(0)
-    return np.concatenate(columns), np.concatenate(predicted)
+            for name, position in positions.items():
+                values[name].append(step_variables[:, position])
+            n_rows += block.shape[0]
+    activations = (np.concatenate(columns) if columns
+                   else np.zeros((0, len(index)), dtype=np.float32))
+    return ScoringData(
+        channels=[int(c) for c in channels], activations=activations,
+        variables={name: np.concatenate(parts) if parts else np.zeros(0)
+                   for name, parts in values.items()},
+        run_offsets=run_offsets,
+    )
+
+
+def channel_groups(channels: Sequence[int], n_steps: int) -> list[list[int]]:
+    """Split channels into groups whose activations fit in MAX_SCORING_BYTES together."""
+    size = max(1, MAX_SCORING_BYTES // max(1, 4 * n_steps))
+    return [list(channels[start:start + size]) for start in range(0, len(channels), size)]
 
 
 def resolve_analysis(store: Store, layer_id: int,
@@ -231,19 +257,19 @@ def score_predicate_channels(store: Store, layer_id: int, predicate: str | Predi
         channels = range(store.get_layer_by_id(layer_id).width)
     channels = [int(c) for c in channels]
     _check_channels(store, layer_id, channels)
-    group = max(1, MAX_SCORING_BYTES // max(1, 4 * record.n_steps))
     scores = []
-    for start in range(0, len(channels), group):
-        part = channels[start:start + group]
-        activations, predicted = read_scoring_data(store, runs, layer_id, part, predicate)
-        for column, channel in enumerate(part):
-            scores.append(_score_column(activations[:, column], predicted, predicate, layer_id,
-                                        channel, record.analysis_id))
+    for group in channel_groups(channels, record.n_steps):
+        data = read_scoring_data(store, runs, layer_id, group, predicate.variables)
+        predicted = predicate.evaluate(data.variables, data.n_steps)
+        for column, channel in enumerate(group):
+            scores.append(score_column(data.activations[:, column], predicted, predicate,
+                                       layer_id, channel, record.analysis_id))
     return scores
 
 
-def _score_column(activation: np.ndarray, predicted: np.ndarray, predicate: Predicate,
-                  layer_id: int, channel: int, analysis_id: int) -> PredicateScore:
+def score_column(activation: np.ndarray, predicted: np.ndarray, predicate: Predicate,
+                 layer_id: int, channel: int, analysis_id: int) -> PredicateScore:
+    """Score predicate values against one channel's activations over all of an analysis's steps."""
     threshold = choose_threshold(activation)
     metrics = score_arrays(activation, predicted, predicate.kind, threshold)
     return PredicateScore(
