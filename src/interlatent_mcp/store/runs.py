@@ -374,10 +374,8 @@ class RunsMixin:
 
     def iter_step_chunks(self, run_id: int) -> Iterator[StepChunk]:
         """Yield the per-step context of a run chunk by chunk, in step order."""
+        n_variables = len(self.get_run(run_id).variables)
         conn = self.connections.get()
-        n_variables = len(json.loads(
-            conn.execute("SELECT variables FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
-        ))
         chunks = [
             r[0]
             for r in conn.execute(
