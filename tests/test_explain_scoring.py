@@ -40,7 +40,7 @@ def direct_f1(predicted: np.ndarray, firing: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def scored_runs(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("scoring") / "store.sqlite")
     # Small chunks, so every score crosses many chunk and run boundaries.
     runs = [record_rollout(store, "cartpole-ppo", steps=700, seed=seed,
@@ -110,8 +110,8 @@ def test_score_arrays_skips_non_finite_steps() -> None:
     assert metrics["n_steps"] == 3
 
 
-def test_boolean_predicate_matches_numpy_on_store(recorded) -> None:
-    store, runs, analysis, layer_id = recorded
+def test_boolean_predicate_matches_numpy_on_store(scored_runs) -> None:
+    store, runs, analysis, layer_id = scored_runs
     activations, variables = whole_arrays(store, runs, layer_id)
     live = [s.channel for s in store.get_channel_stats(analysis.analysis_id, layer_id) if not s.dead]
     for channel in live[:4]:
@@ -131,8 +131,8 @@ def test_boolean_predicate_matches_numpy_on_store(recorded) -> None:
         assert score.recall == pytest.approx(np.sum(predicted & firing) / np.sum(firing))
 
 
-def test_numeric_predicate_matches_numpy_on_store(recorded) -> None:
-    store, runs, analysis, layer_id = recorded
+def test_numeric_predicate_matches_numpy_on_store(scored_runs) -> None:
+    store, runs, analysis, layer_id = scored_runs
     activations, variables = whole_arrays(store, runs, layer_id)
     live = [s.channel for s in store.get_channel_stats(analysis.analysis_id, layer_id) if not s.dead]
     score = score_predicate(store, layer_id, live[0], "abs(pole_angle) + 0.1 * pole_angular_velocity")
@@ -145,8 +145,8 @@ def test_numeric_predicate_matches_numpy_on_store(recorded) -> None:
     assert score.correlation == pytest.approx(np.corrcoef(column, value)[0, 1])
 
 
-def test_all_channels_in_groups_equal_single(recorded, monkeypatch) -> None:
-    store, _, _, layer_id = recorded
+def test_all_channels_in_groups_equal_single(scored_runs, monkeypatch) -> None:
+    store, _, _, layer_id = scored_runs
     monkeypatch.setattr(scoring, "MAX_SCORING_BYTES", 4 * 1400 * 5)  # 5 channels per group
     together = score_predicate_channels(store, layer_id, "cart_velocity < 0")
     assert [s.channel for s in together] == list(range(64))
@@ -154,8 +154,8 @@ def test_all_channels_in_groups_equal_single(recorded, monkeypatch) -> None:
         assert together[channel] == score_predicate(store, layer_id, channel, "cart_velocity < 0")
 
 
-def test_dead_channel_has_no_auroc(recorded) -> None:
-    store, _, analysis, layer_id = recorded
+def test_dead_channel_has_no_auroc(scored_runs) -> None:
+    store, _, analysis, layer_id = scored_runs
     dead = [s.channel for s in store.get_channel_stats(analysis.analysis_id, layer_id) if s.dead]
     assert dead, "the demo policy's act1:post has dead channels"
     score = score_predicate(store, layer_id, dead[0], "pole_angle > 0")
@@ -163,16 +163,16 @@ def test_dead_channel_has_no_auroc(recorded) -> None:
     assert score.auroc is None
 
 
-def test_bad_predicate_or_channel_rejected(recorded) -> None:
-    store, _, _, layer_id = recorded
+def test_bad_predicate_or_channel_rejected(scored_runs) -> None:
+    store, _, _, layer_id = scored_runs
     with pytest.raises(PredicateError, match="cart_position"):
         score_predicate(store, layer_id, 0, "pole > 0")
     with pytest.raises(NotFoundError, match="0 to 63"):
         score_predicate(store, layer_id, 64, "pole_angle > 0")
 
 
-def test_explanation_scores_are_stored(recorded) -> None:
-    store, _, _, layer_id = recorded
+def test_explanation_scores_are_stored(scored_runs) -> None:
+    store, _, _, layer_id = scored_runs
     written = store.add_explanation(layer_id=layer_id, channel=2, text="leans right",
                                     predicate="pole_angle > 0.01", author="tester", method="manual")
     scored = score_explanation_predicate(store, written.explanation_id)
@@ -183,8 +183,8 @@ def test_explanation_scores_are_stored(recorded) -> None:
     assert store.get_explanation(written.explanation_id).scores == scored.scores
 
 
-def test_explanation_without_predicate_rejected(recorded) -> None:
-    store, _, _, layer_id = recorded
+def test_explanation_without_predicate_rejected(scored_runs) -> None:
+    store, _, _, layer_id = scored_runs
     written = store.add_explanation(layer_id=layer_id, channel=2, text="no claim", author="tester",
                                     method="manual")
     with pytest.raises(InvalidArgumentError, match="no predicate"):
