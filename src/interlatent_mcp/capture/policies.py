@@ -204,7 +204,7 @@ def load_sb3(path: str | Path, *, algorithm: SB3Algorithm | None = None) -> SB3P
             "loading a .zip policy needs stable-baselines3; install it with "
             "pip install 'interlatent-mcp[sb3]'"
         ) from e
-    candidates = [algorithm] if algorithm else list(_SB3_ALGORITHMS)
+    candidates = [algorithm] if algorithm else _likely_algorithms(path)
     errors = []
     for candidate in candidates:
         if candidate not in _SB3_ALGORITHMS:
@@ -222,6 +222,26 @@ def load_sb3(path: str | Path, *, algorithm: SB3Algorithm | None = None) -> SB3P
         f"{str(path)!r} is not a Stable-Baselines3 model of {', '.join(candidates)} "
         f"({'; '.join(errors)})"
     )
+
+
+def _likely_algorithms(path: Path) -> list[str]:
+    """Order the supported algorithms with the one the file's saved parameters point to first.
+
+    PPO.load also accepts an A2C file, because both use ActorCriticPolicy, so the first class that
+    loads does not prove the algorithm. In stable-baselines3 2.x PPO saves `clip_range` and A2C
+    saves `vf_coef` without it.
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            keys = set(json.loads(archive.read("data")))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return list(_SB3_ALGORITHMS)
+    if "vf_coef" in keys and "clip_range" not in keys:
+        return ["A2C", *(name for name in _SB3_ALGORITHMS if name != "A2C")]
+    return list(_SB3_ALGORITHMS)
 
 
 def load_policy(spec: str | Path | Policy) -> Policy:
