@@ -246,6 +246,43 @@ def test_stats_without_runs(store: Store) -> None:
         compute_stats(store, [])
 
 
+class InterruptedAtOnce(TorchPolicy):
+    """The shipped CartPole policy (same weights and source) that is interrupted before acting."""
+
+    def __init__(self) -> None:
+        base = load_policy("cartpole-ppo")
+        super().__init__(base.module, observation_space=base.observation_space,
+                         action_space=base.action_space, name=base.name, source=base.source,
+                         env_id=base.env_id)
+
+    def act(self, obs: object) -> int:
+        raise KeyboardInterrupt
+
+
+def interrupted_before_first_step(store: Store) -> int:
+    with pytest.raises(KeyboardInterrupt):
+        record_rollout(store, InterruptedAtOnce(), steps=10, layers=["act1:pre"])
+    (run,) = store.list_runs()
+    assert run.n_steps == 0
+    return run.run_id
+
+
+def test_stats_over_empty_run(store: Store) -> None:
+    run_id = interrupted_before_first_step(store)
+    with pytest.raises(InvalidArgumentError) as caught:
+        compute_stats(store, [run_id])
+    assert f"runs [{run_id}] have no recorded steps" in str(caught.value)
+
+
+def test_stats_empty_run_beside_full_one(store: Store) -> None:
+    empty = interrupted_before_first_step(store)
+    full = record_rollout(store, "cartpole-ppo", steps=40, layers=["act1:pre"])
+    analysis = compute_stats(store, [empty, full.run_id], ["act1:pre"])
+    assert analysis.n_steps == 40
+    layer_id = store.run_layer_ids(full.run_id)["act1:pre"]
+    assert {s.count for s in store.get_channel_stats(analysis.analysis_id, layer_id)} == {40}
+
+
 def test_stats_layer_not_recorded(store: Store) -> None:
     run = record_rollout(store, "cartpole-ppo", steps=20, layers=["act1:post"])
     with pytest.raises(UnknownLayerError) as caught:

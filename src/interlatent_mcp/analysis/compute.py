@@ -98,6 +98,11 @@ def _check_runs(store: Store, run_ids: Sequence[int]) -> list[RunRecord]:
         raise InvalidArgumentError(
             f"runs {recording} are still recording; wait for them to finish"
         )
+    if all(run.n_steps == 0 for run in runs):
+        raise InvalidArgumentError(
+            f"runs {[r.run_id for r in runs]} have no recorded steps; analyse a run that recorded "
+            f"at least one step"
+        )
     return runs
 
 
