@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from interlatent_mcp.capture import describe_layers, load_policy
-from interlatent_mcp.cli import EXIT_ERROR, main
+from interlatent_mcp.cli import EXIT_ERROR, EXIT_INTERRUPTED, main
+from interlatent_mcp.errors import StoreError
 from interlatent_mcp.store import Store
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -128,6 +131,47 @@ def test_rollout_runs_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with Store(store) as opened:
         assert opened.get_run(1).tags == ["smoke"]
         assert [a.analysis_id for a in opened.list_analyses()] == [1, 2]
+
+
+def wait_for_chunks(path: Path, minimum: int, timeout: float = 60) -> None:
+    """Poll the store another process is writing until it holds `minimum` step chunks."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Store(path, read_only=True) as store:
+                runs = store.list_runs()
+                if runs and len(list(store.iter_step_chunks(runs[0].run_id))) >= minimum:
+                    return
+        except (StoreError, sqlite3.Error):
+            pass  # the writer has not created the file or its schema yet
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not reach {minimum} chunks within {timeout} s")
+
+
+def test_ctrl_c_keeps_recorded_steps(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "interlatent_mcp", "rollout", "cartpole-ppo", "--steps", "10000000",
+         "--chunk-steps", "100", "--store", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_chunks(path, 3)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == EXIT_INTERRUPTED
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    with Store(path) as store:
+        assert store.integrity_check() == "ok"
+        (run,) = store.list_runs()
+        assert run.status == "interrupted"
+        assert run.n_steps >= 300
+        layer_id = store.run_layer_ids(run.run_id)["act1:post"]
+        assert len(store.read_activations(run.run_id, layer_id)) == run.n_steps
 
 
 def test_policies_and_envs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
