@@ -247,3 +247,35 @@ def test_reload_same_policy_reuses_record(store: Store) -> None:
     second = record_rollout(store, load_policy("cartpole-ppo"), steps=10)
     assert first.policy_id == second.policy_id
     assert len(store.list_policies()) == 1
+
+
+def test_episode_budget_with_terminating_policy(store: Store) -> None:
+    env = gym.make("CartPole-v1")
+    torch.manual_seed(3)
+    from interlatent_mcp.capture import TorchPolicy
+
+    policy = TorchPolicy(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)),
+                         observation_space=env.observation_space, action_space=env.action_space,
+                         name="untrained", env_id="CartPole-v1")
+    env.close()
+    run = record_rollout(store, policy, episodes=4, seed=7, chunk_steps=16, layers=["1"])
+    episodes = store.list_episodes(run.run_id)
+    assert run.requested_episodes == 4
+    assert run.n_episodes == 4
+    assert [e.seed for e in episodes] == [7, 8, 9, 10]
+    assert all(e.terminated and not e.truncated for e in episodes)
+    assert run.n_steps == sum(e.length for e in episodes)
+    steps = store.read_step_range(run.run_id)
+    ends = np.flatnonzero(steps.terminated)
+    np.testing.assert_array_equal(ends, [e.first_step + e.length - 1 for e in episodes])
+    np.testing.assert_array_equal(np.bincount(steps.episode), [e.length for e in episodes])
+
+
+def test_same_seed_same_recording(store: Store) -> None:
+    first = record_rollout(store, "cartpole-ppo", steps=300, seed=21, layers=["act2:post"])
+    second = record_rollout(store, "cartpole-ppo", steps=300, seed=21, layers=["act2:post"],
+                            chunk_steps=7)
+    np.testing.assert_array_equal(layer_activations(store, first, "act2:post"),
+                                  layer_activations(store, second, "act2:post"))
+    np.testing.assert_array_equal(store.read_step_range(first.run_id).variables,
+                                  store.read_step_range(second.run_id).variables)
