@@ -1,0 +1,1 @@
+"""MCP resources (schema, runs, channel tables and cards) and prompts."""
