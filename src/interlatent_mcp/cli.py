@@ -207,6 +207,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Server: serve, claude-config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from interlatent_mcp.server import run_server
+
+    run_server(args.store, args.transport, args.host, args.port)
+    return 0
+
+
+def cmd_claude_config(args: argparse.Namespace) -> int:
+    from interlatent_mcp.server import claude_config
+
+    print(json.dumps(claude_config(args.store), indent=2))
+    return 0
+
+
+def _add_server_commands(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="serve the store to MCP clients (stdio by default)")
+    serve.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                       help="stdio (default; what Claude Desktop starts) or streamable HTTP")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address the HTTP server binds to (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    _add_store_option(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    config = sub.add_parser("claude-config",
+                            help="print the mcpServers JSON entry for Claude Desktop")
+    _add_store_option(config)
+    config.set_defaults(handler=cmd_claude_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlatent",
@@ -262,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
+    _add_server_commands(sub)
     for add_commands in EXTRA_COMMANDS:
         add_commands(sub)
     return parser
