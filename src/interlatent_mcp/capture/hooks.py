@@ -6,8 +6,8 @@ the number of points on it, and keeps a reference to each step's tensors; at flu
 references are concatenated into a preallocated buffer. On a policy as small as the CartPole demo
 this costs a few microseconds per step, where `register_forward_hook` (which moves every call of
 the module onto torch's slow hook path) plus a copy per call costs several times more
-(bench/capture.py measures it). Modules whose `forward` cannot be replaced (TorchScript) fall back
-to a forward hook. If the model has in-place modules (for example `ReLU(inplace=True)`), a later
+(bench/capture.py measures it). A module whose instance already has its own `forward` falls
+back to a forward hook. TorchScript modules accept neither and are rejected with a clear error. If the model has in-place modules (for example `ReLU(inplace=True)`), a later
 module could overwrite a referenced tensor, so each captured tensor is cloned instead.
 """
 
@@ -84,6 +84,11 @@ def list_hook_points(module: nn.Module, sample_input: torch.Tensor, forward: Any
 
     try:
         for path, sub in module.named_modules():
+            if isinstance(sub, torch.jit.ScriptModule):
+                raise InvalidArgumentError(
+                    f"module {path or 'root'!r} is TorchScript, which accepts no forward hooks; "
+                    f"record the eager (non-scripted) module instead"
+                )
             if path:
                 handles.append(sub.register_forward_hook(make_hook(path)))
         with torch.inference_mode():
@@ -98,6 +103,11 @@ def list_hook_points(module: nn.Module, sample_input: torch.Tensor, forward: Any
 
 def resolve_layers(names: Sequence[str], known: dict[str, int]) -> list[str]:
     """Normalise layer names and check them against `known`; an unknown one lists valid names."""
+    if not known:
+        raise InvalidArgumentError(
+            "the policy module has no submodules to hook; wrap it, e.g. in torch.nn.Sequential, "
+            "so that its layers have names"
+        )
     if not names:
         raise InvalidArgumentError("at least one layer is needed; known layers: "
                                    + ", ".join(known))
@@ -254,7 +264,7 @@ def capture(module: nn.Module, layer_names: Sequence[str], widths: dict[str, int
     try:
         for path, module_points in by_module.items():
             target = modules[path]
-            if isinstance(target, torch.jit.ScriptModule) or "forward" in vars(target):
+            if "forward" in vars(target):
                 if recorder.clone and "pre" in module_points:
                     # A forward hook runs after an in-place module has overwritten its input.
                     handles.append(target.register_forward_pre_hook(recorder.make_pre_hook(path)))
