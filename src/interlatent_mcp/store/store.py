@@ -13,11 +13,12 @@ from interlatent_mcp.store.investigation import InvestigationMixin
 from interlatent_mcp.store.query import QueryMixin
 from interlatent_mcp.store.runs import RunsMixin
 from interlatent_mcp.store.schema import SCHEMA_VERSION
+from interlatent_mcp.store.transcoders import TranscodersMixin
 
 logger = logging.getLogger(__name__)
 
 
-class Store(RunsMixin, AnalysesMixin, InvestigationMixin, QueryMixin):
+class Store(RunsMixin, AnalysesMixin, InvestigationMixin, QueryMixin, TranscodersMixin):
     """The latent store. Thread-safe: each thread uses its own SQLite connection.
 
     Open it with `Store(path)` (None means `default_store_path()`); the file and its parent
