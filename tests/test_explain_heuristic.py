@@ -83,15 +83,39 @@ def test_evidence_holds_top_moments(demo) -> None:
 
 
 def test_rerun_skips_then_replaces(demo) -> None:
-    store, run, _ = demo
+    store, run, analysis = demo
     layer_id = store.get_layer(run.policy_id, "act2:post").layer_id
     live = [d.channel for d in draft_explanations(store, layer_id) if d.skipped != "dead channel"]
     before = store.latest_explanation(layer_id, live[0])
     again = draft_explanations(store, layer_id, channels=[live[0]])
     replaced = draft_explanations(store, layer_id, channels=[live[0]], replace=True)
-    assert again[0].skipped == f"already explained (version {before.version} by heuristic)"
+    assert again[0].skipped == f"already drafted from analysis {analysis.analysis_id}"
     assert replaced[0].explanation_id is not None
     assert store.latest_explanation(layer_id, live[0]).version == before.version + 1
+
+
+def test_draft_never_buries_other_authors(demo) -> None:
+    store, run, _ = demo
+    layer_id = store.get_layer(run.policy_id, "act2:post").layer_id
+    live = [d.channel for d in draft_explanations(store, layer_id) if d.skipped != "dead channel"]
+    store.add_explanation(layer_id=layer_id, channel=live[1], text="a person's view",
+                          author="ana", method="manual")
+    again = draft_explanations(store, layer_id, channels=[live[1]])
+    assert again[0].skipped.startswith("already explained")
+    assert store.latest_explanation(layer_id, live[1]).author == "ana"
+
+
+def test_new_analysis_redrafts(demo) -> None:
+    store, run, _ = demo
+    layer_id = store.get_layer(run.policy_id, "act1:pre").layer_id
+    first = draft_explanations(store, layer_id)
+    newer = compute_stats(store, [run.run_id], layers=["act1:pre"])
+    second = draft_explanations(store, layer_id, analysis=newer)
+    drafted = [d.channel for d in first if d.explanation_id is not None]
+    redrafted = [d.channel for d in second if d.explanation_id is not None]
+    assert redrafted == drafted
+    assert store.latest_explanation(layer_id, drafted[0]).evidence["analysis_id"] == \
+        newer.analysis_id
 
 
 def make_synthetic_store(path, activations: np.ndarray, variables: dict[str, np.ndarray]):

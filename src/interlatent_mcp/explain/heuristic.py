@@ -31,7 +31,7 @@ from interlatent_mcp.explain.scoring import (
     resolve_analysis,
     score_column,
 )
-from interlatent_mcp.store import AnalysisRecord, Correlation, Store
+from interlatent_mcp.store import AnalysisRecord, Correlation, ExplanationRecord, Store
 from interlatent_mcp.store.connection import utc_now
 
 logger = logging.getLogger(__name__)
@@ -277,16 +277,29 @@ def _select_channels(store: Store, analysis: AnalysisRecord, layer_id: int,
                                    f"{len(stats) - 1}")
     todo, skipped = [], []
     for channel in requested:
-        existing = None if replace else store.latest_explanation(layer_id, channel)
-        if stats[channel].dead:
-            skipped.append(HeuristicDraft(channel, "", None, None, None, skipped="dead channel"))
-        elif existing is not None:
-            skipped.append(HeuristicDraft(
-                channel, "", None, None, None,
-                skipped=f"already explained (version {existing.version} by {existing.author})"))
-        else:
+        reason = "dead channel" if stats[channel].dead else None
+        if reason is None and not replace:
+            reason = _existing_reason(store.latest_explanation(layer_id, channel), analysis)
+        if reason is None:
             todo.append(channel)
+        else:
+            skipped.append(HeuristicDraft(channel, "", None, None, None, skipped=reason))
     return todo, skipped
+
+
+def _existing_reason(existing: ExplanationRecord | None, analysis: AnalysisRecord) -> str | None:
+    """Return why an existing explanation blocks a new draft, or None if it does not.
+
+    Another author's explanation is never buried under a draft. A heuristic draft is redrafted
+    only from a different analysis.
+    """
+    if existing is None:
+        return None
+    if existing.author != HEURISTIC_AUTHOR:
+        return f"already explained (version {existing.version} by {existing.author})"
+    if existing.evidence.get("analysis_id") == analysis.analysis_id:
+        return f"already drafted from analysis {analysis.analysis_id}"
+    return None
 
 
 def draft_explanations(store: Store, layer_id: int, *,
@@ -296,8 +309,9 @@ def draft_explanations(store: Store, layer_id: int, *,
                        replace: bool = False) -> list[HeuristicDraft]:
     """Draft, score and store an explanation for each live channel of a layer.
 
-    Uses the given analysis (the layer's latest by default). Channels that already have an
-    explanation are skipped unless `replace` is True, in which case a new version is appended.
+    Uses the given analysis (the layer's latest by default). Unless `replace` is True, a channel
+    is skipped when another author explained it or a heuristic draft from the same analysis
+    exists. Each draft is appended as a new version.
     Returns one draft per requested channel, by channel, skipped ones included.
     """
     config = config or HeuristicConfig()
