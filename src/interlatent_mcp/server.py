@@ -34,6 +34,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "interlatent_mcp.tools.stats",
     "interlatent_mcp.tools.channels",
     "interlatent_mcp.tools.journal",
+    "interlatent_mcp.tools.explanations",
     "interlatent_mcp.tools.jobs",
     "interlatent_mcp.tools.query",
 )
@@ -51,6 +52,8 @@ record_rollout to record runs; compute_stats to compute per-channel statistics, 
 per-step variables (observations, action, reward) and top-activating steps; find_channels,
 find_dead, get_channel, top_activations, channel_timeline and plot_channel to study channels;
 write_explanation and add_note to record what you found; search_explanations to find it again.
+An explanation's predicate (e.g. 'pole_angle > 0.05 and action == 1') is checked against every
+recorded step by score_explanation; find_channels_by_predicate ranks a layer's channels by one.
 Long work (record_rollout, compute_stats) runs as a job: the call waits up to wait_seconds and
 otherwise returns a job id to follow with get_job. The resource interlatent://schema describes
 the store for the read-only query tool.

@@ -179,7 +179,8 @@ def find_channels(
     """Rank the channels of a layer by their correlation with a per-step variable.
 
     Use it to find candidate channels for a hypothesis ("which channels track the pole angle?"),
-    then read the best ones with get_channel. Needs compute_stats first. Cheap; paged.
+    then read the best ones with get_channel. To rank by a condition over several variables,
+    use find_channels_by_predicate. Needs compute_stats first. Cheap; paged.
     """
     store = context.store
     found = resolve_layer(store, layer, policy)
