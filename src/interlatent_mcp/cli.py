@@ -240,6 +240,70 @@ def _add_server_commands(sub: Any) -> None:
     config.set_defaults(handler=cmd_claude_config)
 
 
+# Explanations: describe, and the demo's heuristic drafts
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from interlatent_mcp.agent import (
+        Budget,
+        DescribeConfig,
+        InterruptFlag,
+        format_report,
+        run_describe,
+    )
+    from interlatent_mcp.explain.llm import AnthropicBackend
+
+    backend = AnthropicBackend(args.model)
+    budget = Budget(tool_calls=args.budget, tokens=args.max_tokens, channels=args.channels)
+    config = DescribeConfig(layer=args.layer, policy=args.policy, budget=budget)
+    with InterruptFlag() as stop_requested:
+        report = run_describe(args.store, backend, config, should_stop=stop_requested)
+    print(format_report(report))
+    return EXIT_INTERRUPTED if report.stopped == "interrupted" else 0
+
+
+def _add_describe_command(sub: Any) -> None:
+    from interlatent_mcp.explain.llm import DEFAULT_MODEL
+
+    describe = sub.add_parser(
+        "describe", help="let an LLM explain a layer's channels through the MCP tools")
+    describe.add_argument("--layer", required=True, help="layer to describe, e.g. act1:post")
+    describe.add_argument("--policy", help="policy name or id (needed when several have the layer)")
+    describe.add_argument("--budget", type=int, default=200,
+                          help="maximum MCP tool calls (default 200)")
+    describe.add_argument("--max-tokens", type=int, default=500_000,
+                          help="maximum model tokens, input plus output (default 500000)")
+    describe.add_argument("--channels", type=int, help="maximum channels to describe")
+    describe.add_argument("--model", default=DEFAULT_MODEL,
+                          help=f"Anthropic model (default {DEFAULT_MODEL}); needs ANTHROPIC_API_KEY")
+    _add_store_option(describe)
+    describe.set_defaults(handler=cmd_describe)
+
+
+def _demo_explanations(store: Any, analysis: Any, args: argparse.Namespace) -> None:
+    from interlatent_mcp.analysis.summary import strongest_correlations
+    from interlatent_mcp.explain.heuristic import draft_explanations
+
+    print("\nDrafting explanations without an LLM: a predicate per live channel, scored by its "
+          "AUROC against every recorded step ...")
+    for layer_id in analysis.layer_ids:
+        drafts = {d.channel: d for d in draft_explanations(store, layer_id, analysis=analysis)}
+        scored = sorted(d.score.auroc for d in drafts.values()
+                        if d.score is not None and d.score.auroc is not None)
+        if not scored:
+            continue
+        print(f"  {store.get_layer_by_id(layer_id).name}: {len(scored)} drafts, median AUROC "
+              f"{scored[len(scored) // 2]:.3f}")
+        for corr in strongest_correlations(store, analysis, layer_id, 2):
+            draft = drafts.get(corr.channel)
+            if draft is not None and draft.score is not None and draft.score.auroc is not None:
+                print(f"    channel {corr.channel:>3}  AUROC {draft.score.auroc:.3f}  "
+                      f"{draft.predicate}")
+
+
+EXTRA_DEMO_STEPS.append(_demo_explanations)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interlatent",
@@ -296,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(handler=cmd_runs)
 
     _add_server_commands(sub)
+    _add_describe_command(sub)
     for add_commands in EXTRA_COMMANDS:
         add_commands(sub)
     return parser

@@ -1,0 +1,197 @@
+"""The autodescribe loop, driven by a scripted model, against a real store through MCP."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from interlatent_mcp.agent import DONE_TAG, Budget, DescribeConfig, run_describe
+from interlatent_mcp.analysis import compute_stats
+from interlatent_mcp.capture import record_rollout
+from interlatent_mcp.errors import InterlatentError
+from interlatent_mcp.explain.heuristic import draft_explanations
+from interlatent_mcp.explain.llm import LLMResponse, ScriptedBackend, TokenUsage, ToolCall
+from interlatent_mcp.explain.scoring import score_predicate
+from interlatent_mcp.store import Store
+
+LAYER = "act1:post"
+MODEL = "claude-scripted"
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory) -> Path:
+    """A store with a recorded, analysed demo run; tests copy it before changing it."""
+    path = tmp_path_factory.mktemp("agent") / "demo.sqlite"
+    with Store(path) as store:
+        run = record_rollout(store, "cartpole-ppo", episodes=3, seed=0, layers=[LAYER])
+        compute_stats(store, [run.run_id])
+        store.checkpoint()
+    return path
+
+
+@pytest.fixture
+def store_path(demo_store: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "store.sqlite"
+    shutil.copy(demo_store, copy)
+    return copy
+
+
+def _tool_results(messages) -> list[dict]:
+    """Return the structured text of every tool result in the conversation, oldest first."""
+    found = []
+    for message in messages:
+        for block in message.content:
+            if hasattr(block, "tool_call_id"):
+                found.append([part.text for part in block.content if hasattr(part, "text")])
+    return found
+
+
+def analyst(messages) -> LLMResponse:
+    """A scripted model: read the card, write a one-variable predicate, revise once, stop.
+
+    The first explanation thresholds the strongest correlated variable at its mean over the top
+    moments; the revision thresholds it at the lowest top-moment value.
+    """
+    channel = int(re.search(r"Explain channel (\d+)", messages[0].content[0].text).group(1))
+    results = _tool_results(messages)
+    usage = TokenUsage(400, 60)
+    if not results:
+        return LLMResponse("Reading the card.", (ToolCall("c0", "get_channel", {
+            "layer": LAYER, "channel": channel}),), usage)
+    card = json.loads(results[0][0])
+    writes = sum(1 for m in messages if m.role == "assistant"
+                 for b in m.content if getattr(b, "name", None) == "write_explanation")
+    if writes >= 2:
+        return LLMResponse("The channel is a linear unit of the observation.", (), usage)
+    strongest = next(c for c in card["correlations"] if c["r"] is not None
+                     and c["variable"] not in ("t", "reward"))
+    name, sign = strongest["variable"], 1 if strongest["r"] > 0 else -1
+    values = [m["variables"][name] for m in card["top_moments"]]
+    if writes == 0:
+        cut = sum(values) / len(values)
+    elif sign > 0:
+        cut = min(values)
+    else:
+        cut = max(values)
+    predicate = f"{name} {'>' if sign > 0 else '<'} {cut:.4g}"
+    return LLMResponse("Writing an explanation.", (ToolCall(f"w{writes}", "write_explanation", {
+        "layer": LAYER, "channel": channel, "predicate": predicate, "author": "someone else",
+        "text": f"Fires when {name} is {'high' if sign > 0 else 'low'} ({predicate})."}),), usage)
+
+
+def test_agent_writes_scored_explanations(store_path: Path) -> None:
+    backend = ScriptedBackend([analyst] * 40, model=MODEL)
+    report = run_describe(store_path, backend,
+                          DescribeConfig(layer=LAYER, budget=Budget(channels=3)))
+
+    assert report.stopped == "channels"
+    assert [o.finished for o in report.outcomes] == [True, True, True]
+    assert report.usage == backend.usage
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        analysis = store.latest_analysis(layer.layer_id)
+        live = [s.channel for s in store.get_channel_stats(analysis.analysis_id, layer.layer_id)
+                if not s.dead]
+        assert [o.channel for o in report.outcomes] == live[:3]
+        for outcome in report.outcomes:
+            latest = store.latest_explanation(layer.layer_id, outcome.channel)
+            assert latest.author == MODEL
+            assert latest.predicate == outcome.best.predicate
+            stored = latest.scores["predicate"]["auroc"]
+            assert stored == pytest.approx(outcome.best.auroc)
+            direct = score_predicate(store, layer.layer_id, outcome.channel, latest.predicate)
+            assert stored == pytest.approx(direct.auroc)
+            versions = store.list_explanations(layer.layer_id, outcome.channel)
+            assert all(v.author == MODEL for v in versions)
+            assert all("predicate" in v.scores for v in versions)
+            notes = store.list_notes(layer_id=layer.layer_id, channel=outcome.channel)
+            assert [n.author for n in notes] == [MODEL]
+            assert notes[0].tags == [DONE_TAG]
+
+
+def test_agent_stops_at_tool_call_budget(store_path: Path) -> None:
+    backend = ScriptedBackend([analyst] * 40, model=MODEL)
+    report = run_describe(store_path, backend,
+                          DescribeConfig(layer=LAYER, budget=Budget(tool_calls=8)))
+
+    assert report.stopped == "tool_calls"
+    assert report.tool_calls == 8
+    assert report.outcomes[-1].finished is False
+    # 3 calls plan the layer. The first channel then takes get_channel, two writes and their
+    # two scores (8 calls in all), so the budget refuses its closing note.
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        assert store.list_notes(layer_id=layer.layer_id) == []
+        written = store.list_explanations(layer.layer_id, report.outcomes[0].channel)
+        assert len(written) == 2
+
+
+def test_agent_stops_at_token_budget(store_path: Path) -> None:
+    backend = ScriptedBackend([analyst] * 40, model=MODEL)
+    report = run_describe(store_path, backend,
+                          DescribeConfig(layer=LAYER, budget=Budget(tokens=1500)))
+
+    assert report.stopped == "tokens"
+    assert len(backend.requests) == 4  # 460 tokens each: the fifth call would pass 1,500
+    assert report.usage.total == 4 * 460
+
+
+def test_agent_resumes_after_interruption(store_path: Path) -> None:
+    calls = {"n": 0}
+
+    def stop_during_second_channel() -> bool:
+        return calls["n"] >= 5
+
+    def counting(messages):
+        calls["n"] += 1
+        return analyst(messages)
+
+    first = run_describe(store_path, ScriptedBackend([counting] * 40, model=MODEL),
+                         DescribeConfig(layer=LAYER), should_stop=stop_during_second_channel)
+    assert first.stopped == "interrupted"
+    assert [o.finished for o in first.outcomes] == [True, False]
+    interrupted = first.outcomes[1].channel
+
+    second = run_describe(store_path, ScriptedBackend([analyst] * 40, model=MODEL),
+                          DescribeConfig(layer=LAYER, budget=Budget(channels=2)))
+    assert second.already_done == [first.outcomes[0].channel]
+    assert [o.channel for o in second.outcomes][0] == interrupted
+    assert all(o.finished for o in second.outcomes)
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        done = {n.channel for n in store.list_notes(layer_id=layer.layer_id)}
+        assert done == {first.outcomes[0].channel, *[o.channel for o in second.outcomes]}
+
+
+def test_agent_keyboard_interrupt_is_clean(store_path: Path) -> None:
+    def interrupt(messages):
+        raise KeyboardInterrupt
+
+    backend = ScriptedBackend([analyst, analyst, interrupt], model=MODEL)
+    report = run_describe(store_path, backend, DescribeConfig(layer=LAYER))
+    assert report.stopped == "interrupted"
+    assert report.outcomes[0].versions_written == 1
+    with Store(store_path) as store:
+        assert store.integrity_check() == "ok"
+
+
+def test_agent_revisits_low_scores_first(store_path: Path) -> None:
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        drafts = [d for d in draft_explanations(store, layer.layer_id) if d.score is not None]
+    backend = ScriptedBackend([analyst] * 20, model=MODEL)
+    report = run_describe(store_path, backend,
+                          DescribeConfig(layer=LAYER, budget=Budget(channels=2)))
+    lowest = sorted(drafts, key=lambda d: (d.score.auroc if d.score.auroc is not None else -1,
+                                           d.channel))
+    assert [o.channel for o in report.outcomes] == [d.channel for d in lowest[:2]]
+
+
+def test_agent_unknown_layer_fails_clearly(store_path: Path) -> None:
+    with pytest.raises(InterlatentError, match="act9:post"):
+        run_describe(store_path, ScriptedBackend([], model=MODEL),
+                     DescribeConfig(layer="act9:post"))
