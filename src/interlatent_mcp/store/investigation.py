@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -272,11 +273,14 @@ class InvestigationMixin:
         """
         if not query.strip():
             raise InvalidArgumentError("a search needs a non-empty query")
+        if "\x00" in query:
+            # SQLite reads the query as a C string, so a NUL would cut it short.
+            raise InvalidArgumentError("a search query cannot contain NUL characters; remove them")
         try:
             return self._search_explanations(query, layer_id, offset, limit)
-        except Exception as e:  # sqlite3.OperationalError: fts5 syntax error
-            if "fts5" not in str(e).lower() and "syntax" not in str(e).lower():
-                raise
+        except sqlite3.OperationalError:
+            # FTS5 reports a malformed query as "syntax error", "unterminated string" or, for
+            # `word:`, "no such column"; searching the words as phrases cannot fail that way.
             quoted = " ".join('"' + word.replace('"', '""') + '"' for word in query.split())
             return self._search_explanations(quoted, layer_id, offset, limit)
 
