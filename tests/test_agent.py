@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from interlatent_mcp.agent import DONE_TAG, Budget, DescribeConfig, run_describe
 from interlatent_mcp.analysis import compute_stats
 from interlatent_mcp.capture import record_rollout
+from interlatent_mcp.cli import main
 from interlatent_mcp.errors import InterlatentError
 from interlatent_mcp.explain.heuristic import draft_explanations
 from interlatent_mcp.explain.llm import LLMResponse, ScriptedBackend, TokenUsage, ToolCall
@@ -195,3 +197,54 @@ def test_agent_unknown_layer_fails_clearly(store_path: Path) -> None:
     with pytest.raises(InterlatentError, match="act9:post"):
         run_describe(store_path, ScriptedBackend([], model=MODEL),
                      DescribeConfig(layer="act9:post"))
+
+
+def claude_reply(body: dict) -> dict:
+    """A Messages API reply for the local stand-in: read the card, write, then finish."""
+    channel = int(re.search(r"Explain channel (\d+)", body["messages"][0]["content"][0]["text"])
+                  .group(1))
+    turn = len(body["messages"]) // 2
+    calls = [
+        {"type": "tool_use", "id": "t0", "name": "get_channel",
+         "input": {"layer": LAYER, "channel": channel}},
+        {"type": "tool_use", "id": "t1", "name": "write_explanation",
+         "input": {"layer": LAYER, "channel": channel, "predicate": "pole_angle > 0",
+                   "text": "Fires when the pole leans right."}},
+    ]
+    content = [calls[turn]] if turn < len(calls) else [{"type": "text", "text": "Done."}]
+    return {"id": f"msg_{turn}", "type": "message", "role": "assistant", "model": body["model"],
+            "content": content, "stop_reason": "tool_use" if turn < len(calls) else "end_turn",
+            "stop_sequence": None, "usage": {"input_tokens": 1000, "output_tokens": 50}}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("anthropic") is None,
+                    reason="the optional anthropic package is not installed")
+def test_describe_command_with_anthropic_client(store_path: Path, monkeypatch, capsys) -> None:
+    from test_explain_llm import FakeMessagesAPI
+
+    with FakeMessagesAPI(claude_reply) as api:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        code = main(["describe", "--layer", LAYER, "--channels", "1", "--model", "claude-test",
+                     "--store", str(store_path)])
+    out = capsys.readouterr().out
+
+    assert code == 0
+    assert len(api.requests) == 3
+    assert api.requests[0]["body"]["model"] == "claude-test"
+    assert "1 channel(s) of act1:post described by claude-test" in out
+    assert "3000 input and 150 output tokens" in out
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        explained = store.list_explanations(layer.layer_id, latest_only=True)
+        assert [(e.author, e.predicate) for e in explained] == [("claude-test", "pole_angle > 0")]
+        assert "auroc" in explained[0].scores["predicate"]
+
+
+def test_describe_without_key_is_clear(store_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    code = main(["describe", "--layer", LAYER, "--store", str(store_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ANTHROPIC_API_KEY" in err or "pip install" in err
+    assert "Traceback" not in err

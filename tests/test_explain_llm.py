@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -44,12 +45,13 @@ MESSAGE_REPLY = {
 class FakeMessagesAPI:
     """A local HTTP server in place of the remote Messages API.
 
-    It replies with the queued (status, headers, body) triples in order and keeps every request
-    body it receives.
+    It replies with the queued (status, headers, body) triples in order, or with what a
+    function of the request body returns, and keeps every request body it receives.
     """
 
-    def __init__(self, replies: list[tuple[int, dict[str, str], dict]]) -> None:
-        self.replies = list(replies)
+    def __init__(self, replies: list[tuple[int, dict[str, str], dict]] | Callable[[dict], dict]
+                 ) -> None:
+        self.replies = replies if callable(replies) else list(replies)
         self.requests: list[dict] = []
         api = self
 
@@ -58,7 +60,10 @@ class FakeMessagesAPI:
                 length = int(self.headers["content-length"])
                 api.requests.append({"path": self.path,
                                      "body": json.loads(self.rfile.read(length))})
-                status, headers, body = api.replies.pop(0)
+                if callable(api.replies):
+                    status, headers, body = 200, {}, api.replies(api.requests[-1]["body"])
+                else:
+                    status, headers, body = api.replies.pop(0)
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
