@@ -4,8 +4,8 @@ For each live channel the explainer starts from the per-step variable it correla
 strongly and fits the activation by least squares on an evenly spaced sample of steps. It cuts
 the fitted combination where it best separates the firing steps from the rest (highest F1 on
 the sample). Forward selection then adds, one at a time, the variable that most reduces the
-residual, as long as each raises the sample F1 by at least `min_gain`, so a draft stays as simple
-as the data allows.
+residual, up to `max_variables`, and the draft keeps the fewest variables whose sample F1 is
+within `min_gain` of the best, so it stays as simple as the data allows.
 The resulting predicate is scored on every step of the analysis and stored with author
 "heuristic", together with the values of its variables at the channel's top moments.
 """
@@ -49,7 +49,7 @@ class HeuristicConfig:
     max_variables: int = 4
     """Most per-step variables combined in one predicate (1 to 6)."""
     min_gain: float = 0.02
-    """F1 gain on the sample that a further variable must bring to be kept."""
+    """F1 on the sample that a simpler draft may lose against the best one with more variables."""
     sample_steps: int = 20000
     """Evenly spaced steps used to fit the combination and its cut (at least 100)."""
     top_moments: int = 10
@@ -143,8 +143,9 @@ def _cut_combination(names: list[str], coefficients: np.ndarray, columns: np.nda
 
 def _fit_channel(candidates: _Candidates, sample: dict[str, np.ndarray], activation: np.ndarray,
                  threshold: FiringThreshold, config: HeuristicConfig) -> _Fit | None:
-    """Forward selection: start from the strongest correlation, then add the variable that most
-    reduces the least-squares residual, while the F1 of the cut rises by `min_gain`."""
+    """Forward selection: start from the strongest correlation and add, one at a time, the
+    variable that most reduces the least-squares residual, up to `max_variables`. Return the
+    smallest of these fits whose F1 is within `min_gain` of the best one."""
     firing = activation > threshold.value
     if not firing.any() or firing.all():
         return None
@@ -153,20 +154,23 @@ def _fit_channel(candidates: _Candidates, sample: dict[str, np.ndarray], activat
         return None
     chosen = [remaining.pop(0)]
     coefficients, _ = _least_squares(sample[chosen[0]][:, None], activation)
-    best = _cut_combination(chosen, coefficients, sample[chosen[0]][:, None], firing)
-    while remaining and len(chosen) < config.max_variables and best is not None:
-        fits = []
+    fits = [_cut_combination(chosen, coefficients, sample[chosen[0]][:, None], firing)]
+    while remaining and len(chosen) < config.max_variables:
+        trials = []
         for name in remaining:
             columns = np.column_stack([sample[n] for n in [*chosen, name]])
-            fits.append((*_least_squares(columns, activation), name, columns))
-        coefficients, _, name, columns = min(fits, key=lambda fit: fit[1])
-        fit = _cut_combination([*chosen, name], coefficients, columns, firing)
-        if fit is None or fit.sample_f1 < best.sample_f1 + config.min_gain:
-            break
-        best = fit
+            trials.append((*_least_squares(columns, activation), name, columns))
+        coefficients, _, name, columns = min(trials, key=lambda trial: trial[1])
         chosen.append(name)
         remaining.remove(name)
-    return best
+        fits.append(_cut_combination(list(chosen), coefficients, columns, firing))
+    valid = [fit for fit in fits if fit is not None]
+    if not valid:
+        return None
+    # A later variable can raise F1 a lot even where the one before it did not, so every
+    # prefix is fitted before the simplest good enough one is chosen.
+    best_f1 = max(fit.sample_f1 for fit in valid)
+    return next(fit for fit in valid if fit.sample_f1 >= best_f1 - config.min_gain)
 
 
 def _format_number(value: float) -> str:
