@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from server_helpers import SyncClient, connect, result_text, wait_for_job
 
@@ -196,3 +197,25 @@ def test_reads_answer_while_rollout_writes(served: tuple[SyncClient, ServerConte
     assert failures == []
     assert answered == 3 * 6 * len(calls)
     assert still["status"] == "running"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_cancelled_call_leaves_job_running(tmp_path: Path, mode: str) -> None:
+    context = ServerContext.open(tmp_path / "store.sqlite")
+    try:
+        with connect(create_server(context), mode=mode) as client:
+            async def call_then_give_up() -> None:
+                with anyio.move_on_after(1.5):
+                    await client.client.call_tool(
+                        "record_rollout", {"steps": ENDLESS_STEPS, "wait_seconds": 40})
+
+            client.portal.call(call_then_give_up)
+            running = client.ok("list_jobs", {"status": "running"})["jobs"]
+            for job in running:
+                client.ok("cancel_job", {"job_id": job["job_id"]})
+            final = wait_for_job(client, running[0])
+    finally:
+        context.close()
+
+    assert [job["kind"] for job in running] == ["record_rollout"]
+    assert final["status"] == "cancelled"
