@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from interlatent_mcp.analysis.timeline import (
     MAX_TIMELINE_STEPS,
+    TimelineStep,
     check_recorded,
     finite_or_none,
     read_channel_timeline,
@@ -92,21 +93,11 @@ class MomentPage(Page):
     moments: list[Moment]
 
 
-class TimelineStepInfo(BaseModel):
-    step: int
-    episode: int
-    t: int
-    value: float | None
-    terminated: bool
-    truncated: bool
-    variables: dict[str, float | None]
-
-
 class Timeline(Page):
     run_id: int
     layer: str
     channel: int
-    steps: list[TimelineStepInfo]
+    steps: list[TimelineStep] = Field(description="Consecutive steps: the channel's value (null if not finite) with the step's context.")
 
 
 class PlotInfo(BaseModel):
@@ -256,10 +247,7 @@ def channel_timeline(
     run = default_run(store, found, run_id)
     page = read_channel_timeline(store, run.run_id, found.layer_id, channel, start=offset,
                                  limit=limit, variables=variables)
-    steps = [TimelineStepInfo(step=s.step, episode=s.episode, t=s.t, value=s.value,
-                              terminated=s.terminated, truncated=s.truncated, variables=s.variables)
-             for s in page.steps]
-    return Timeline(run_id=run.run_id, layer=found.name, channel=channel, steps=steps,
+    return Timeline(run_id=run.run_id, layer=found.name, channel=channel, steps=page.steps,
                     offset=offset, total=page.run_steps, next_offset=page.next_start)
 
 
@@ -277,8 +265,8 @@ def plot_channel(
     """Plot a channel as a small PNG image: the histogram of its values over the analysed steps
     (left) and its value over a stretch of a run with episode starts marked (right).
 
-    Use it to see at a glance whether a channel is sparse, bimodal or periodic. About 30-60 KB;
-    takes a fraction of a second.
+    Use it to see at a glance whether a channel is sparse, bimodal or periodic. The image is
+    about 15-30 KB (720 x 260 pixels) and takes a fraction of a second.
     """
     from interlatent_mcp.analysis.plots import plot_channel as render
     from interlatent_mcp.analysis.timeline import read_channel_values

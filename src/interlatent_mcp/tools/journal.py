@@ -1,4 +1,4 @@
-"""What the agent writes down: versioned explanations of channels, and notes."""
+"""Writing tools: versioned explanations of channels, and the notes of the investigation journal."""
 
 from __future__ import annotations
 
