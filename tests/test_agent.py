@@ -248,3 +248,30 @@ def test_describe_without_key_is_clear(store_path: Path, monkeypatch, capsys) ->
     assert code == 2
     assert "ANTHROPIC_API_KEY" in err or "pip install" in err
     assert "Traceback" not in err
+
+
+def test_agent_keeps_better_existing_explanation(store_path: Path) -> None:
+    with Store(store_path) as store:
+        layer = store.get_layer(1, LAYER)
+        draft_explanations(store, layer.layer_id)
+
+    def poor(messages) -> LLMResponse:
+        channel = int(re.search(r"Explain channel (\d+)", messages[0].content[0].text).group(1))
+        if len(messages) > 1:
+            return LLMResponse("I could not do better.")
+        return LLMResponse("", (ToolCall("w", "write_explanation", {
+            "layer": LAYER, "channel": channel, "text": "never fires", "predicate": "t < 0"}),))
+
+    report = run_describe(store_path, ScriptedBackend([poor] * 4, model=MODEL),
+                          DescribeConfig(layer=LAYER, budget=Budget(channels=1)))
+    outcome = report.outcomes[0]
+    assert outcome.kept_existing
+    assert outcome.best.auroc == 0.5
+    with Store(store_path) as store:
+        versions = store.list_explanations(layer.layer_id, outcome.channel)
+        assert [v.author for v in versions] == ["heuristic", MODEL, "heuristic"]
+        assert versions[0].predicate == versions[2].predicate
+        assert versions[0].scores["predicate"]["auroc"] == pytest.approx(
+            versions[2].scores["predicate"]["auroc"])
+        note = store.list_notes(layer_id=layer.layer_id, channel=outcome.channel)[0]
+        assert "restored as the latest version" in note.text

@@ -19,10 +19,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from interlatent_mcp.errors import InterlatentError, InvalidArgumentError
+from interlatent_mcp.agent_records import (
+    Budget,
+    ChannelOutcome,
+    DescribeConfig,
+    DescribeReport,
+    StopReason,
+    Version,
+    format_report,
+)
 from interlatent_mcp.explain.llm import (
     ImageBlock,
     LLMBackend,
@@ -34,6 +43,11 @@ from interlatent_mcp.explain.llm import (
     ToolResult,
     ToolSpec,
 )
+
+__all__ = [
+    "Budget", "ChannelOutcome", "DescribeConfig", "DescribeReport", "InterruptFlag", "Version",
+    "describe_layer", "format_report", "plan_channels", "run_describe",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +61,6 @@ AGENT_TOOLS = (
 AUTHOR_TOOLS = ("write_explanation", "add_note")
 DONE_TAG = "autodescribe"
 PAGE = 200
-
-StopReason = Literal["complete", "tool_calls", "tokens", "channels", "interrupted"]
 
 SYSTEM_PROMPT = """\
 You explain what single channels (units) inside a neural-network policy represent. The policy
@@ -77,84 +89,6 @@ class _Stop(Exception):
     def __init__(self, reason: StopReason) -> None:
         super().__init__(reason)
         self.reason: StopReason = reason
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits of one describe run; None means no limit of that kind."""
-
-    tool_calls: int | None = 200
-    """MCP tool calls, the loop's own bookkeeping calls included."""
-    tokens: int | None = 500_000
-    """Input plus output tokens of the model; checked before each model call."""
-    channels: int | None = None
-    """Channels started."""
-
-    def __post_init__(self) -> None:
-        for name in ("tool_calls", "tokens", "channels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InvalidArgumentError(f"budget {name} must be at least 1, got {value}")
-
-
-@dataclass(frozen=True)
-class DescribeConfig:
-    """Settings of one describe run: the layer, the budget and the effort per channel."""
-
-    layer: str
-    policy: str | int | None = None
-    budget: Budget = field(default_factory=Budget)
-    author: str | None = None
-    """Author of the explanations and notes; None means the model's name."""
-    max_revisions: int = 3
-    """Versions written after the first one, per channel."""
-    max_turns: int = 12
-    """Model calls per channel."""
-    good_auroc: float = 0.95
-    """A channel whose explanation reaches this AUROC is not revised further."""
-    max_tokens_per_turn: int = 2048
-    max_result_chars: int = 12000
-    """Tool result text longer than this is cut before the model reads it."""
-
-    def __post_init__(self) -> None:
-        if self.max_revisions < 0 or self.max_turns < 2:
-            raise InvalidArgumentError(f"max_revisions must be >= 0 and max_turns >= 2, got "
-                                       f"{self.max_revisions} and {self.max_turns}")
-        if not 0.5 <= self.good_auroc <= 1.0:
-            raise InvalidArgumentError(f"good_auroc must be in [0.5, 1], got {self.good_auroc}")
-
-
-@dataclass(frozen=True)
-class Version:
-    """One scored explanation version written during a run."""
-
-    explanation_id: int
-    text: str
-    predicate: str | None
-    auroc: float | None
-
-
-@dataclass(frozen=True)
-class ChannelOutcome:
-    channel: int
-    best: Version | None
-    versions_written: int
-    finished: bool
-    """False when the run stopped in the middle of this channel."""
-
-
-@dataclass
-class DescribeReport:
-    """The outcome of one describe run: channels described, costs and the reason it stopped."""
-
-    layer: str
-    author: str
-    stopped: StopReason = "complete"
-    outcomes: list[ChannelOutcome] = field(default_factory=list)
-    already_done: list[int] = field(default_factory=list)
-    """Channels skipped because an earlier run by the same author finished them."""
-    tool_calls: int = 0
-    usage: TokenUsage = field(default_factory=TokenUsage)
 
 
 def _result_blocks(result: Any, max_chars: int) -> tuple[TextBlock | ImageBlock, ...]:
@@ -294,7 +228,8 @@ def _channel_prompt(config: DescribeConfig, channel: int, current: dict[str, Any
         lines.append(f"Its current explanation (version {current['version']} by "
                      f"{current['author']}): {current['text']}")
         if current.get("predicate"):
-            lines.append(f"Predicate: {current['predicate']} (AUROC {_auroc(current)})")
+            lines.append(f"Predicate: {current['predicate']} (AUROC {_auroc(current)}). Keep "
+                         f"it unless you can write a version that scores higher.")
     else:
         lines.append("It has no explanation yet.")
     return "\n".join(lines)
@@ -310,10 +245,11 @@ class _ChannelState:
     latest: Version | None = None
     written: int = 0
     finished: bool = False
+    kept_existing: bool = False
     stop_reason: str = "the model finished"
 
     def record(self, version: Version, config: DescribeConfig) -> str:
-        """Count a scored version; return the line that tells the model its best score so far."""
+        """Count a scored version; return a line for the model with its best score so far."""
         self.written += 1
         self.latest = version
         best = self.best
@@ -334,7 +270,14 @@ class _ChannelState:
                 f"{revisions_left} more revised version(s) while the score improves.")
 
     def outcome(self, finished: bool) -> ChannelOutcome:
-        return ChannelOutcome(self.channel, self.best, self.written, finished)
+        return ChannelOutcome(self.channel, self.best, self.written, finished, self.kept_existing)
+
+    def existing_is_better(self) -> bool:
+        """Return True if the explanation from before this run outscores every new version."""
+        prior = _auroc(self.current)
+        if self.written == 0 or prior is None or not (self.current or {}).get("predicate"):
+            return False
+        return self.best is None or self.best.auroc is None or self.best.auroc < prior
 
 
 async def _score_written(session: _Session, state: _ChannelState,
@@ -377,17 +320,30 @@ async def _run_tool(session: _Session, state: _ChannelState, call: ToolCall,
 
 async def _finish_channel(session: _Session, state: _ChannelState, author: str,
                           summary: str) -> None:
-    """Make the best version the latest one, and write the note that marks the channel done."""
+    """Make the best version the latest one, and write the note that marks the channel done.
+
+    The best version is the highest-scoring one of this run, or the explanation the channel had
+    before, restored under its own author, when that one scores higher.
+    """
     arguments = {**_layer_arguments(session.config), "channel": state.channel}
     best = state.best
-    if best is not None and state.latest is not None and best != state.latest:
-        rewritten = await session.ok("write_explanation", {
-            **arguments, "text": best.text, "predicate": best.predicate, "author": author})
-        if best.predicate:
+    restore: dict[str, Any] | None = None
+    if state.existing_is_better() and state.current is not None:
+        state.kept_existing = True
+        restore = {"text": state.current["text"], "predicate": state.current["predicate"],
+                   "author": state.current["author"]}
+    elif best is not None and state.latest is not None and best != state.latest:
+        restore = {"text": best.text, "predicate": best.predicate, "author": author}
+    if restore is not None:
+        rewritten = await session.ok("write_explanation", {**arguments, **restore})
+        if restore["predicate"]:
             await session.ok("score_explanation", {
                 **arguments, "explanation_id": rewritten["explanation_id"]})
-    outcome = (f"best version: explanation {best.explanation_id}, predicate {best.predicate!r}, "
-               f"AUROC {best.auroc}" if best else "no scored version was written")
+    outcome = (f"best new version: explanation {best.explanation_id}, predicate "
+               f"{best.predicate!r}, AUROC {best.auroc}" if best else "no scored version")
+    if state.kept_existing:
+        outcome += (f"; the earlier explanation scores higher (AUROC {_auroc(state.current)}) "
+                    f"and was restored as the latest version")
     text = (f"Autodescribe by {author}: {state.written} version(s) written; {outcome}. Stopped "
             f"because {state.stop_reason}. Summary: {summary.strip()[:1500] or '(none)'}")
     await session.ok("add_note", {**arguments, "text": text, "tags": [DONE_TAG],
@@ -503,31 +459,3 @@ class InterruptFlag:
 
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-_STOP_MESSAGES: dict[str, str] = {
-    "complete": "every live channel is done",
-    "tool_calls": "the tool-call budget is spent",
-    "tokens": "the token budget is spent",
-    "channels": "the channel budget is spent",
-    "interrupted": "interrupted",
-}
-
-
-def format_report(report: DescribeReport) -> str:
-    """Describe a run's outcome in a few lines for a terminal."""
-    lines = [f"{len(report.outcomes)} channel(s) of {report.layer} described by {report.author}; "
-             f"stopped: {_STOP_MESSAGES[report.stopped]}. {report.tool_calls} tool calls, "
-             f"{report.usage.input_tokens} input and {report.usage.output_tokens} output tokens."]
-    for outcome in report.outcomes:
-        if not outcome.finished:
-            lines.append(f"  channel {outcome.channel}: not finished (run again to continue)")
-        elif outcome.best is None:
-            lines.append(f"  channel {outcome.channel}: no scored explanation")
-        else:
-            auroc = "n/a" if outcome.best.auroc is None else f"{outcome.best.auroc:.3f}"
-            lines.append(f"  channel {outcome.channel}: AUROC {auroc}  {outcome.best.predicate}  "
-                         f"({outcome.versions_written} version(s))")
-    if report.already_done:
-        lines.append(f"{len(report.already_done)} channel(s) were done by an earlier run.")
-    return "\n".join(lines)

@@ -4,8 +4,8 @@ For each live channel the explainer starts from the per-step variable it correla
 strongly and fits the activation by least squares on an evenly spaced sample of steps. It cuts
 the fitted combination where it best separates the firing steps from the rest (highest F1 on
 the sample). Forward selection then adds, one at a time, the variable that most reduces the
-residual, up to `max_variables`, and the draft keeps the fewest variables whose sample F1 is
-within `min_gain` of the best, so it stays as simple as the data allows.
+residual, up to `max_variables`. The draft keeps the fewest variables whose sample F1 is within
+`min_gain` of the best, so it stays as simple as the data allows.
 The resulting predicate is scored on every step of the analysis and stored with author
 "heuristic", together with the values of its variables at the channel's top moments.
 """
