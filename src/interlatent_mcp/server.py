@@ -96,6 +96,9 @@ def run_server(store_path: str | os.PathLike[str] | None = None,
         if transport == "stdio":
             server.run("stdio")
         else:
+            if host in ("0.0.0.0", "::"):
+                logger.warning("DNS-rebinding protection accepts only requests whose Host header "
+                               "is %s:%d; bind to the interface's own address instead", host, port)
             server.run("streamable-http", host=host, port=port,
                        transport_security=http_security(host, port))
     except KeyboardInterrupt:
