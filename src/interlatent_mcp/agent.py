@@ -30,6 +30,7 @@ from interlatent_mcp.agent_records import (
     DescribeReport,
     StopReason,
     Version,
+    format_auroc,
     format_report,
 )
 from interlatent_mcp.explain.llm import (
@@ -340,9 +341,10 @@ async def _finish_channel(session: _Session, state: _ChannelState, author: str,
             await session.ok("score_explanation", {
                 **arguments, "explanation_id": rewritten["explanation_id"]})
     outcome = (f"best new version: explanation {best.explanation_id}, predicate "
-               f"{best.predicate!r}, AUROC {best.auroc}" if best else "no scored version")
+               f"{best.predicate!r}, AUROC {format_auroc(best.auroc)}" if best
+               else "no scored version")
     if state.kept_existing:
-        outcome += (f"; the earlier explanation scores higher (AUROC {_auroc(state.current)}) "
+        outcome += (f"; the earlier explanation scores higher (AUROC {format_auroc(_auroc(state.current))}) "
                     f"and was restored as the latest version")
     text = (f"Autodescribe by {author}: {state.written} version(s) written; {outcome}. Stopped "
             f"because {state.stop_reason}. Summary: {summary.strip()[:1500] or '(none)'}")

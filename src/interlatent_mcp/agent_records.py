@@ -101,6 +101,10 @@ _STOP_MESSAGES: dict[str, str] = {
 }
 
 
+def format_auroc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def format_report(report: DescribeReport) -> str:
     """Describe a run's outcome in a few lines for a terminal."""
     lines = [f"{len(report.outcomes)} channel(s) of {report.layer} described by {report.author}; "
@@ -110,14 +114,14 @@ def format_report(report: DescribeReport) -> str:
         if not outcome.finished:
             lines.append(f"  channel {outcome.channel}: not finished (run again to continue)")
         elif outcome.kept_existing:
-            new = "none" if outcome.best is None else outcome.best.auroc
+            new = "none" if outcome.best is None else format_auroc(outcome.best.auroc)
             lines.append(f"  channel {outcome.channel}: kept the earlier explanation, which "
                          f"scores higher (best new AUROC: {new})")
         elif outcome.best is None:
             lines.append(f"  channel {outcome.channel}: no scored explanation")
         else:
-            auroc = "n/a" if outcome.best.auroc is None else f"{outcome.best.auroc:.3f}"
-            lines.append(f"  channel {outcome.channel}: AUROC {auroc}  {outcome.best.predicate}  "
+            lines.append(f"  channel {outcome.channel}: AUROC {format_auroc(outcome.best.auroc)}  "
+                         f"{outcome.best.predicate}  "
                          f"({outcome.versions_written} version(s))")
     if report.already_done:
         lines.append(f"{len(report.already_done)} channel(s) were done by an earlier run.")
