@@ -420,7 +420,9 @@ def run_describe(store: Any, backend: LLMBackend, config: DescribeConfig,
     from interlatent_mcp.server import create_server
     from interlatent_mcp.tools.base import ServerContext
 
+    # Simulation scoring through score_explanation then uses, and counts, the same backend.
     context = ServerContext.open(store)
+    context.llm = backend
     try:
         server = create_server(context)
         return anyio.run(functools.partial(describe_layer, server, backend, config, should_stop))

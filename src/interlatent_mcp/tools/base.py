@@ -37,6 +37,8 @@ class ServerContext:
 
     store: Store
     jobs: JobRunner
+    llm: Any = None
+    """The LLM backend for simulation scoring; None builds one from ANTHROPIC_API_KEY on use."""
 
     @classmethod
     def open(cls, store: Store | str | PathLike[str] | None) -> ServerContext:

@@ -117,9 +117,8 @@ def _pick_version(store: Store, layer: LayerRecord, channel: int,
 
 def simulation_backend(context: ServerContext) -> Any:
     """Return the server's LLM backend for simulation, or one built from ANTHROPIC_API_KEY."""
-    backend = getattr(context, "llm", None)
-    if backend is not None:
-        return backend
+    if context.llm is not None:
+        return context.llm
     from interlatent_mcp.explain.llm import AnthropicBackend
 
     return AnthropicBackend()
