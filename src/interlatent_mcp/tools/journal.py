@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -162,13 +161,7 @@ def search_explanations(
     if not query.strip():
         raise InvalidArgumentError("a search needs a non-empty query, e.g. 'pole angle'")
     layer_id = None if layer is None else resolve_layer(store, layer, policy).layer_id
-    try:
-        records = store.search_explanations(query, layer_id=layer_id, offset=offset, limit=limit)
-    except sqlite3.OperationalError:
-        # NOTE: the store falls back to quoted words only for errors that mention fts5 or
-        # syntax; FTS5 also rejects queries with "unterminated string" or "no such column".
-        quoted = " ".join('"' + word.replace('"', '""') + '"' for word in query.split())
-        records = store.search_explanations(quoted, layer_id=layer_id, offset=offset, limit=limit)
+    records = store.search_explanations(query, layer_id=layer_id, offset=offset, limit=limit)
     names: dict[int, str] = {}
     return ExplanationPage(explanations=[explanation_info(store, r, names) for r in records],
                            offset=offset, total=None,
