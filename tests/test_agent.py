@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +281,36 @@ def test_agent_keeps_better_existing_explanation(store_path: Path) -> None:
             versions[2].scores["predicate"]["auroc"])
         note = store.list_notes(layer_id=layer.layer_id, channel=outcome.channel)[0]
         assert "restored as the latest version" in note.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("anthropic") is None,
+                    reason="the optional anthropic package is not installed")
+def test_describe_command_stops_on_ctrl_c(store_path: Path) -> None:
+    from test_explain_llm import FakeMessagesAPI
+
+    replied = threading.Event()
+
+    def slow_reply(body: dict) -> dict:
+        replied.set()
+        time.sleep(0.5)
+        return claude_reply(body)
+
+    with FakeMessagesAPI(slow_reply) as api:
+        environment = {**os.environ, "ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": api.url}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "interlatent_mcp", "describe", "--layer", LAYER, "--model",
+             "claude-test", "--store", str(store_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+        try:
+            assert replied.wait(60), "the describe command never called the model"
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert "stopped: interrupted" in out
+    with Store(store_path) as store:
+        assert store.integrity_check() == "ok"
