@@ -59,7 +59,7 @@ def _tool_results(messages) -> list[dict]:
 
 
 def analyst(messages) -> LLMResponse:
-    """A scripted model: read the card, write a one-variable predicate, revise once, stop.
+    """A scripted model: read the card and plot, write a one-variable predicate, revise once, stop.
 
     The first explanation thresholds the strongest correlated variable at its mean over the top
     moments; the revision thresholds it at the lowest top-moment value.
@@ -68,8 +68,9 @@ def analyst(messages) -> LLMResponse:
     results = _tool_results(messages)
     usage = TokenUsage(400, 60)
     if not results:
-        return LLMResponse("Reading the card.", (ToolCall("c0", "get_channel", {
-            "layer": LAYER, "channel": channel}),), usage)
+        return LLMResponse("Reading the card and the plot.", (
+            ToolCall("c0", "get_channel", {"layer": LAYER, "channel": channel}),
+            ToolCall("c1", "plot_channel", {"layer": LAYER, "channel": channel})), usage)
     card = json.loads(results[0][0])
     writes = sum(1 for m in messages if m.role == "assistant"
                  for b in m.content if getattr(b, "name", None) == "write_explanation")
@@ -95,6 +96,8 @@ def test_agent_writes_scored_explanations(store_path: Path) -> None:
     backend = ScriptedBackend([analyst] * 40, model=MODEL)
     report = run_describe(store_path, backend,
                           DescribeConfig(layer=LAYER, budget=Budget(channels=3)))
+    plot_result = backend.requests[1]["messages"][-1].content[1]
+    assert plot_result.content[0].media_type == "image/png"  # the plot reached the model
 
     assert report.stopped == "channels"
     assert [o.finished for o in report.outcomes] == [True, True, True]
@@ -129,8 +132,8 @@ def test_agent_stops_at_tool_call_budget(store_path: Path) -> None:
     assert report.stopped == "tool_calls"
     assert report.tool_calls == 8
     assert report.outcomes[-1].finished is False
-    # 3 calls plan the layer. The first channel then takes get_channel, two writes and their
-    # two scores (8 calls in all), so the budget refuses its closing note.
+    # 3 calls plan the layer. The first channel then takes get_channel, plot_channel, a write,
+    # its score and a second write (8 calls in all), so the second score is refused.
     with Store(store_path) as store:
         layer = store.get_layer(1, LAYER)
         assert store.list_notes(layer_id=layer.layer_id) == []
