@@ -282,7 +282,7 @@ class _ChannelState:
 
 
 async def _score_written(session: _Session, state: _ChannelState,
-                         written: dict[str, Any]) -> tuple[TextBlock, ...]:
+                         written: dict[str, Any]) -> tuple[TextBlock | ImageBlock, ...]:
     """Score a version the model just wrote for the current channel and report it."""
     config = session.config
     if written.get("layer") != config.layer or written.get("channel") != state.channel:
