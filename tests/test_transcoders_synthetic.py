@@ -13,7 +13,6 @@ import torch
 from interlatent_mcp.errors import InvalidArgumentError, UnknownLayerError
 from interlatent_mcp.store import StepChunk, Store
 from interlatent_mcp.transcoders import (
-    SparseCoder,
     TranscoderConfig,
     compute_reconstruction_metrics,
     evaluate_transcoder,
@@ -267,22 +266,3 @@ def test_duplicate_name_rejected(synthetic) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid"):
         train_transcoder(store, [run_id], "block:pre", "block:post", config=config,
                          name="has space")
-
-
-def test_fold_normalization_preserves_function() -> None:
-    generator = torch.Generator().manual_seed(0)
-    for architecture in ("topk", "batchtopk", "relu", "jumprelu"):
-        coder = SparseCoder(6, 5, 16, architecture=architecture, k=3, skip_connection=True,
-                            generator=generator)
-        with torch.no_grad():
-            for parameter in coder.parameters():
-                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-        coder.threshold.fill_(0.05)
-        coder.eval()
-        x = torch.randn(50, 6, generator=generator) * 7.0
-        with torch.no_grad():
-            y_normalised, latents_normalised = coder(x / 7.0)
-            coder.fold_normalization_(7.0, 3.0)
-            y, latents = coder(x)
-        torch.testing.assert_close(y, 3.0 * y_normalised, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(latents, 3.0 * latents_normalised, rtol=1e-5, atol=1e-5)

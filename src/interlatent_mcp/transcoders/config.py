@@ -31,11 +31,12 @@ class TranscoderConfig:
     skip_connection: bool = False
     """Add a linear map from input to output next to the sparse path (transcoders only)."""
 
-    l1_coefficient: float = 3e-3
-    """Weight of the L1 penalty on latents ('relu'), in units of the normalised input."""
+    l1_coefficient: float = 0.3
+    """Weight of the L1 penalty on the latents ('relu'). The reconstruction loss it is added to
+    is the squared error summed over output channels, in normalised units."""
 
-    l0_coefficient: float = 1e-3
-    """Weight of the L0 penalty (active latents per step) for 'jumprelu'."""
+    l0_coefficient: float = 0.1
+    """Weight of the L0 penalty, the number of active latents per step ('jumprelu')."""
 
     jumprelu_initial_threshold: float = 0.05
     """Initial threshold of every 'jumprelu' latent, in normalised units."""
@@ -93,7 +94,7 @@ class TranscoderConfig:
         if self.n_latents is not None:
             _check_int("n_latents", self.n_latents, 1)
         _check_int("k", self.k, 1)
-        if self.n_latents is not None and self.k > self.n_latents:
+        if self.uses_k and self.n_latents is not None and self.k > self.n_latents:
             raise InvalidArgumentError(
                 f"k={self.k} is larger than n_latents={self.n_latents}; use k <= n_latents"
             )
@@ -118,10 +119,14 @@ class TranscoderConfig:
             )
         _check_int("seed", self.seed, 0)
 
+    @property
+    def uses_k(self) -> bool:
+        return self.architecture in ("topk", "batchtopk")
+
     def latents_for(self, output_width: int) -> int:
         """Return the number of latents for an output layer of `output_width` channels."""
         n_latents = self.n_latents if self.n_latents is not None else 4 * output_width
-        if self.k > n_latents:
+        if self.uses_k and self.k > n_latents:
             raise InvalidArgumentError(
                 f"k={self.k} is larger than the {n_latents} latents; lower k or raise n_latents"
             )

@@ -110,7 +110,7 @@ class SparseCoder(nn.Module):
             raise InvalidArgumentError(
                 f"architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}"
             )
-        if not 1 <= k <= n_latents:
+        if architecture in ("topk", "batchtopk") and not 1 <= k <= n_latents:
             raise InvalidArgumentError(f"k must be between 1 and n_latents={n_latents}; got {k}")
         self.d_in, self.d_out, self.n_latents = d_in, d_out, n_latents
         self.architecture, self.k = architecture, k

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from interlatent_mcp.transcoders.config import TranscoderConfig
 from interlatent_mcp.transcoders.model import SparseCoder, topk_latents
@@ -75,7 +76,7 @@ class Trainer:
     def __init__(self, model: SparseCoder, config: TranscoderConfig, n_train: int) -> None:
         self.model = model
         self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        self.optimizer = _adam(model, config.learning_rate)
         self.steps_done = 0
         # Training steps (activation vectors) since each latent last fired.
         self.since_fired = torch.zeros(model.n_latents)
@@ -87,9 +88,11 @@ class Trainer:
         self._warm_up()
         pre = model.pre_activations(x)  # (B, n_latents)
         latents = model.activate(pre)
-        error = y - model.decode(latents, x)  # (B, d_out)
-        loss = error.pow(2).sum(-1).mean() + self.sparsity_penalty(pre, latents)
-        aux = self._aux_loss(pre, error)
+        y_hat = model.decode(latents, x)  # (B, d_out)
+        loss = F.mse_loss(y_hat, y, reduction="sum") / len(x)
+        if model.architecture in ("relu", "jumprelu"):
+            loss = loss + self.sparsity_penalty(pre, latents)
+        aux = self._aux_loss(pre, y - y_hat)
         if aux is not None:
             loss = loss + self.config.aux_coefficient * aux
 
@@ -123,23 +126,22 @@ class Trainer:
         the coefficient does not depend on how good the main reconstruction already is."""
         if self.config.aux_coefficient == 0:
             return None
-        dead = self.since_fired >= self.dead_after
-        n_dead = int(dead.sum())
+        alive = self.since_fired < self.dead_after
+        n_dead = self.model.n_latents - int(alive.sum())
         if n_dead == 0:
             return None
-        # NOTE: only the first AUX_ROWS rows of the (shuffled) batch enter the auxiliary loss,
-        # an unbiased estimate of it that keeps the extra top-k, whose cost grows with the rows,
-        # small next to the main one.
-        dead_pre = pre[:AUX_ROWS].masked_fill(~dead, float("-inf"))
-        aux_latents = topk_latents(dead_pre, min(self.aux_k, n_dead))
+        # NOTE: only the first AUX_ROWS rows of the (shuffled) batch enter the auxiliary loss.
+        # That is an unbiased estimate of it, and it keeps the extra top-k cheap.
+        dead_pre = pre[:AUX_ROWS].masked_fill(alive, float("-inf"))  # (AUX_ROWS, n_latents)
+        # Decoded without biases: the dead latents model the residual error.
+        aux_reconstruction = topk_latents(dead_pre, min(self.aux_k, n_dead)) @ self.model.W_dec
         target = error[:AUX_ROWS].detach()
-        aux_error = (aux_latents @ self.model.W_dec - target).pow(2).sum(-1).mean()
-        scale = (target - target.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-        return aux_error / scale
+        variance = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return F.mse_loss(aux_reconstruction, target, reduction="sum") / variance
 
     @torch.no_grad()
     def _track_firing(self, latents: torch.Tensor) -> None:
-        fired = (latents > 0).any(dim=0)
+        fired = latents.amax(dim=0) > 0  # much cheaper than (latents > 0).any(dim=0)
         self.since_fired += latents.shape[0]
         self.since_fired.masked_fill_(fired, 0)
         if self.model.architecture == "batchtopk":
@@ -221,6 +223,18 @@ def _fit(model: SparseCoder, x_train: torch.Tensor, y_train: torch.Tensor,
         train_seconds=seconds, activations_per_second=epoch * len(x_train) / max(seconds, 1e-9),
         stopped=stopped, validation_losses=losses, dead_at_end=dead_at_end,
     )
+
+
+def _adam(model: SparseCoder, learning_rate: float) -> torch.optim.Optimizer:
+    """Return Adam, fused into one kernel where torch supports that on the parameters' device.
+
+    For small models most of an optimizer step is per-tensor dispatch, which the fused kernel
+    does once.
+    """
+    try:
+        return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=learning_rate)
 
 
 def _copy_state(model: SparseCoder) -> dict[str, torch.Tensor]:
