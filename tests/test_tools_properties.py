@@ -85,6 +85,15 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "max_frac_active": st.none() | st.floats(0, 1),
     "episodes_limit": st.integers(1, 50),
     "author": st.text(min_size=1, max_size=10),
+    "input_layer": st.sampled_from(VALID_LAYERS),
+    "output_layer": st.none() | st.sampled_from(VALID_LAYERS),
+    "n_latents": st.none() | st.integers(8, 128),
+    "k": st.integers(1, 8),
+    "skip_connection": st.booleans(),
+    "max_epochs": st.integers(1, 3),
+    "name": st.none() | st.text(alphabet="ab-_.09", min_size=1, max_size=20),
+    "transcoder": st.sampled_from([1, "act2-transcoder-topk", "missing"]),
+    "splice_episodes": st.integers(0, 2),
 }
 # Arguments of the right type that name nothing in the store or lie outside the valid range.
 INVALID: dict[str, st.SearchStrategy[Any]] = {
@@ -122,6 +131,15 @@ INVALID: dict[str, st.SearchStrategy[Any]] = {
     "max_frac_active": st.sampled_from([-0.1, 1.5, float("nan")]),
     "episodes_limit": st.sampled_from([0, 51]),
     "author": st.sampled_from(["", "x" * 200]),
+    "input_layer": st.sampled_from(["", "nope", "x" * 300]),
+    "output_layer": st.sampled_from(["", "nope:post", "x" * 300]),
+    "n_latents": st.sampled_from([0, -1, 10**6]),
+    "k": st.sampled_from([0, -1, 2000]),
+    "skip_connection": st.just("sometimes"),
+    "max_epochs": st.sampled_from([0, 10**5]),
+    "name": st.sampled_from(["", "has space", "x" * 200, "/etc"]),
+    "transcoder": st.sampled_from([0, -1, "", "ghost"]),
+    "splice_episodes": st.sampled_from([-1, 101]),
 }
 ANY_JSON: st.SearchStrategy[Any] = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),

@@ -37,6 +37,7 @@ TOOL_MODULES: tuple[str, ...] = (
     "interlatent_mcp.tools.explanations",
     "interlatent_mcp.tools.jobs",
     "interlatent_mcp.tools.query",
+    "interlatent_mcp.tools.transcoders",
 )
 RESOURCE_MODULES: tuple[str, ...] = (
     "interlatent_mcp.resources.store",
@@ -54,9 +55,12 @@ find_dead, get_channel, top_activations, channel_timeline and plot_channel to st
 write_explanation and add_note to record what you found; search_explanations to find it again.
 An explanation's predicate (e.g. 'pole_angle > 0.05 and action == 1') is checked against every
 recorded step by score_explanation; find_channels_by_predicate ranks a layer's channels by one.
-Long work (record_rollout, compute_stats) runs as a job: the call waits up to wait_seconds and
-otherwise returns a job id to follow with get_job. The resource interlatent://schema describes
-the store for the read-only query tool.
+Raw channels are often polysemantic: train_transcoder learns sparse latents of a layer and
+records them as a layer 'transcoder/<name>' that every tool above accepts; evaluate_transcoder
+checks that the policy still behaves the same with the transcoder spliced in.
+Long work (record_rollout, compute_stats, train_transcoder, evaluate_transcoder) runs as a job:
+the call waits up to wait_seconds and otherwise returns a job id to follow with get_job. The
+resource interlatent://schema describes the store for the read-only query tool.
 """
 
 

@@ -35,6 +35,8 @@ THRESHOLD_MOMENTUM = 0.01
 VALIDATION_BATCH = 4096
 # Rows of each batch that the AuxK loss is computed on.
 AUX_ROWS = 64
+# Optimizer steps between two checks of a stop request within an epoch.
+STOP_CHECK_STEPS = 50
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class TrainingHistory:
     optimizer_steps: int
     train_seconds: float
     activations_per_second: float
-    """Training steps (activation vectors) processed per second, validation included."""
+    """Training steps (activation vectors) processed per second; the time includes the
+    validation after each epoch."""
     stopped: Literal["converged", "max_epochs", "requested"]
     validation_losses: list[float] = field(default_factory=list)
     dead_at_end: int = 0
@@ -78,6 +81,7 @@ class Trainer:
         self.config = config
         self.optimizer = _adam(model, config.learning_rate)
         self.steps_done = 0
+        self.examples_seen = 0
         # Training steps (activation vectors) since each latent last fired.
         self.since_fired = torch.zeros(model.n_latents)
         self.dead_after = config.dead_after if config.dead_after is not None else n_train
@@ -103,6 +107,7 @@ class Trainer:
         model.normalize_decoder_()
         self._track_firing(latents.detach())
         self.steps_done += 1
+        self.examples_seen += len(x)
 
     def sparsity_penalty(self, pre: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | float:
         if self.model.architecture == "relu":
@@ -196,9 +201,7 @@ def _fit(model: SparseCoder, x_train: torch.Tensor, y_train: torch.Tensor,
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            trainer.step(x_train[batch], y_train[batch])
+        completed = _run_epoch(trainer, x_train, y_train, order, should_stop)
 
         loss = trainer.validation_loss(x_validation, y_validation)
         losses.append(loss)
@@ -206,7 +209,7 @@ def _fit(model: SparseCoder, x_train: torch.Tensor, y_train: torch.Tensor,
             best_loss, best_epoch, best_state = loss, epoch, _copy_state(model)
         if progress is not None:
             progress(epoch, config.max_epochs, f"epoch {epoch}: validation loss {loss:.4g}")
-        if should_stop is not None and should_stop():
+        if not completed or (should_stop is not None and should_stop()):
             stopped = "requested"
             break
         if epoch - best_epoch >= config.patience:
@@ -220,9 +223,21 @@ def _fit(model: SparseCoder, x_train: torch.Tensor, y_train: torch.Tensor,
                 model.architecture, epoch, best_epoch, seconds, stopped)
     return TrainingHistory(
         epochs=epoch, best_epoch=best_epoch, optimizer_steps=trainer.steps_done,
-        train_seconds=seconds, activations_per_second=epoch * len(x_train) / max(seconds, 1e-9),
+        train_seconds=seconds, activations_per_second=trainer.examples_seen / max(seconds, 1e-9),
         stopped=stopped, validation_losses=losses, dead_at_end=dead_at_end,
     )
+
+
+def _run_epoch(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor,
+               should_stop: Callable[[], bool] | None) -> bool:
+    """Train on the batches of one epoch; return False when a stop request cut it short."""
+    batch_size = trainer.config.batch_size
+    for index, start in enumerate(range(0, len(order), batch_size)):
+        if should_stop is not None and index % STOP_CHECK_STEPS == 0 and index and should_stop():
+            return False
+        batch = order[start:start + batch_size]
+        trainer.step(x[batch], y[batch])
+    return True
 
 
 def _adam(model: SparseCoder, learning_rate: float) -> torch.optim.Optimizer:
