@@ -189,7 +189,7 @@ EXTRA_DEMO_STEPS: list[DemoStep] = []
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from interlatent_mcp.analysis.summary import summarize
+    from interlatent_mcp.analysis.summary import SummaryOptions, summarize
 
     _set_single_thread()
     with _open_store(args.store, announce=False) as store:
@@ -201,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_run(store, run)
         print("Computing statistics, correlations and top activations ...")
         analysis = _compute(store, [run.run_id], None)
-        print(summarize(store, analysis))
+        print(summarize(store, analysis, SummaryOptions(correlations_per_layer=3, channels=2,
+                                                        moments=2)))
         for step in EXTRA_DEMO_STEPS:
             step(store, analysis, args)
     return 0

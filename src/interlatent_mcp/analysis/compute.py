@@ -205,9 +205,10 @@ def _layer_results(layer_id: int, state: _LayerPass, variables: list[str],
     moments = state.moments
     mean, std, frac = moments.mean(), moments.std(), moments.frac_active()
     quantiles = state.histogram.quantiles(np.asarray(params.quantiles), moments.min, moments.max)
-    # Dead: never above the activity threshold, or constant up to rounding, on every finite step.
+    # Dead: no finite value, or constant up to rounding. A ReLU output that never fires is a
+    # constant 0; a pre-activation that is always negative still varies, so it stays live.
     span = moments.max - moments.min
-    dead = (moments.count == 0) | (moments.active == 0) | (span <= 1e-6 * (1 + np.abs(moments.max)))
+    dead = (moments.count == 0) | (span <= 1e-6 * (1 + np.abs(moments.max)))
     stats = []
     for c in range(mean.shape[0]):
         edges, counts = state.histogram.coarse(c, params.hist_bins)

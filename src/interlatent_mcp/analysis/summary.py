@@ -32,10 +32,17 @@ def strongest_correlations(store: Store, analysis: AnalysisRecord, layer_id: int
     return ranked[:limit]
 
 
-def _format_context(variables: dict[str, float], limit: int = 6) -> str:
-    shown = list(variables.items())[:limit]
-    return ", ".join(f"{name}={value:+.3f}" if abs(value) < 1000 else f"{name}={value:.3g}"
-                     for name, value in shown)
+def _format_value(name: str, value: float) -> str:
+    if (name == "action" or name.startswith("action_")) and value.is_integer():
+        return f"{name}={value:.0f}"
+    if abs(value) >= 1000:
+        return f"{name}={value:.3g}"
+    return f"{name}={value:+.3f}"
+
+
+def _format_context(variables: dict[str, float], limit: int = 5) -> str:
+    """Format the first `limit` variables (observation components and the action, for most runs)."""
+    return ", ".join(_format_value(name, value) for name, value in list(variables.items())[:limit])
 
 
 def summarize(store: Store, analysis: AnalysisRecord, options: SummaryOptions | None = None) -> str:

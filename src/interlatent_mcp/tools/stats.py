@@ -45,7 +45,7 @@ class StrongestCorrelation(BaseModel):
 class LayerSummary(BaseModel):
     layer: str
     width: int
-    n_dead: int = Field(description="Channels that never activate or are constant.")
+    n_dead: int = Field(description="Channels that are constant on every step (a ReLU output that never fires, for one).")
     strongest: list[StrongestCorrelation] = Field(description="The strongest channel-variable correlations of the layer, by |r|.")
 
 
@@ -209,13 +209,13 @@ def find_channels(
 def find_dead(
     context: ServerContext,
     layer: LayerName,
-    max_frac_active: Annotated[float | None, Field(ge=0, le=1, description="Also list channels active on at most this fraction of steps; omitted lists only channels marked dead (never active, or constant).")] = None,
+    max_frac_active: Annotated[float | None, Field(ge=0, le=1, description="Also list channels active on at most this fraction of steps; omitted lists only channels marked dead (constant on every step).")] = None,
     policy: PolicyRef = None,
     analysis_id: AnalysisId = None,
     offset: Offset = 0,
     limit: Limit = 50,
 ) -> DeadChannels:
-    """List the dead (never active or constant) or rarely active channels of a layer.
+    """List the dead (constant on every step) or rarely active channels of a layer.
 
     Dead channels carry no information, so skip them when explaining a layer. Needs
     compute_stats first. Cheap; paged.
