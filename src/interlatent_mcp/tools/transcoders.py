@@ -164,8 +164,8 @@ async def train_transcoder(
     then recorded as a new layer 'transcoder/<name>' of the same runs, so compute_stats,
     get_channel, top_activations and write_explanation work on latents as on channels. Cost:
     roughly 10-20 s for 10,000 steps of a 64-channel layer on one CPU core (an estimate from
-    CartPole runs). Waits up to wait_seconds, then returns a job id to follow with get_job;
-    progress is reported per epoch, and cancel_job keeps the best weights so far.
+    CartPole runs). Waits up to wait_seconds, then returns a job id to follow with get_job.
+    Progress is reported per epoch, and cancel_job keeps the best weights so far.
     """
     params = {"run_ids": list(run_ids), "input_layer": input_layer, "output_layer": output_layer,
               "architecture": architecture, "n_latents": n_latents, "k": k,
@@ -236,11 +236,11 @@ async def evaluate_transcoder(
     seed: Annotated[int, Field(ge=0, le=2**31 - 1, description="Episode e of both splice-in rollouts is reset with seed + e.")] = 0,
     wait_seconds: WaitSeconds = DEFAULT_WAIT_S,
 ) -> EvaluationResult:
-    """Measure how faithful a transcoder is: FVU, mean L0, dead latents and the latent density
-    histogram on its held-out episodes (or on the given runs), and its splice-in fidelity: the
-    policy runs in its environment with the layer replaced by the transcoder's reconstruction,
-    against the original policy on the same seeds, comparing mean returns and the actions both
-    choose on the same states.
+    """Measure how faithful a transcoder is. Reconstruction: FVU, mean L0, dead latents and the
+    latent density histogram on its held-out episodes (or on the given runs). Splice-in
+    fidelity: the policy runs in its environment with the layer replaced by the transcoder's
+    reconstruction, against the original policy on the same seeds; the result compares mean
+    returns and the actions both choose on the same states.
 
     Use it before trusting explanations of latents: a transcoder whose splice-in return ratio
     is far below 1 does not describe what the policy computes. Cost: the reconstruction is a

@@ -15,7 +15,7 @@ BIAS_INITS: tuple[str, ...] = ("geometric_median", "mean", "zeros")
 
 @dataclass(frozen=True)
 class TranscoderConfig:
-    """What to train and how. Every field is validated at construction."""
+    """The architecture, size and training settings of a coder, validated at construction."""
 
     architecture: Architecture = "topk"
     """Sparsity mechanism: 'topk' (k largest latents per step), 'batchtopk' (k per step on

@@ -14,7 +14,7 @@ from interlatent_mcp.store import RunRecord, StepChunk, Store
 
 logger = logging.getLogger(__name__)
 
-# Training holds its data in memory; past this many bytes of activations it refuses to start.
+# Training keeps its data in memory, so it rejects runs with more bytes of activations than this.
 MAX_TRAINING_BYTES = 4 * 1024**3
 
 EpisodeKey = tuple[int, int]  # (run_id, episode)
@@ -22,7 +22,7 @@ EpisodeKey = tuple[int, int]  # (run_id, episode)
 
 @dataclass(frozen=True)
 class EpisodeSplit:
-    """Which episodes train the coder, which decide early stopping, which are held out."""
+    """The assignment of episodes to training, validation (early stopping) and held-out sets."""
 
     train: list[EpisodeKey]
     validation: list[EpisodeKey]

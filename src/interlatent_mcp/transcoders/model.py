@@ -142,7 +142,7 @@ class SparseCoder(nn.Module):
     # Forward pass
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_pre) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x - self.b_pre, self.W_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Turn pre-activations into latents; BatchTopK uses the batch rule only in training."""
@@ -162,7 +162,7 @@ class SparseCoder(nn.Module):
 
     def decode(self, latents: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Return the (B, d_out) reconstruction; `x` is needed when there is a skip connection."""
-        y_hat = latents @ self.W_dec + self.b_dec
+        y_hat = torch.addmm(self.b_dec, latents, self.W_dec)
         if self.skip_connection:
             if x is None:
                 raise InvalidArgumentError("a transcoder with a skip connection decodes from x too")

@@ -34,7 +34,7 @@ SINGLE_THREAD_MAX_WEIGHTS = 1_000_000
 THRESHOLD_MOMENTUM = 0.01
 VALIDATION_BATCH = 4096
 # Rows of each batch that the AuxK loss is computed on.
-AUX_ROWS = 64
+AUX_ROWS = 32
 # Optimizer steps between two checks of a stop request within an epoch.
 STOP_CHECK_STEPS = 50
 
@@ -150,8 +150,8 @@ class Trainer:
         self.since_fired += latents.shape[0]
         self.since_fired.masked_fill_(fired, 0)
         if self.model.architecture == "batchtopk":
-            # BatchTopK's inference threshold: a running mean of the smallest latent kept in
-            # each batch (Bussmann et al. 2024).
+            # BatchTopK's inference threshold: the smallest latent kept in each batch, averaged
+            # over batches (Bussmann et al. 2024), here as an exponential moving average.
             positive = latents[latents > 0]
             if positive.numel():
                 smallest = positive.min()
