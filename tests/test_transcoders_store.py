@@ -94,3 +94,11 @@ def test_derived_layer_chunks_join_run(store: Store) -> None:
     assert store.get_run(run.run_id).layers == ["block:post"]
     with pytest.raises(InvalidArgumentError, match="shape"):
         store.write_activation_chunk(run.run_id, derived.layer_id, 0, 0, np.zeros(3, np.float32))
+
+
+def test_digit_string_falls_back_to_id(store: Store) -> None:
+    policy_id = add_policy(store)
+    first = add(store, "first", policy_id)
+    add(store, "7", policy_id)
+    assert store.get_transcoder(str(first)).name == "first"
+    assert store.get_transcoder("7").name == "7"

@@ -82,12 +82,20 @@ class TranscodersMixin:
         return self.get_transcoder(transcoder_id)
 
     def get_transcoder(self, transcoder: int | str) -> TranscoderRecord:
-        """Return a transcoder by id or by name; an unknown one lists the names in the store."""
+        """Return a transcoder by id or by name; an unknown one lists the names in the store.
+
+        A string of digits that is no transcoder's name is read as an id.
+        """
         conn = self.connections.get()
         column = "transcoder_id" if isinstance(transcoder, int) else "name"
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM transcoders WHERE {column} = ?", (transcoder,)
         ).fetchone()
+        if row is None and isinstance(transcoder, str) and transcoder.strip().isdigit():
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM transcoders WHERE transcoder_id = ?",
+                (int(transcoder),),
+            ).fetchone()
         if row is None:
             names = [r[0] for r in conn.execute(
                 "SELECT name FROM transcoders ORDER BY transcoder_id DESC LIMIT 20")]

@@ -105,8 +105,8 @@ def iter_run_blocks(store: Store, run_id: int, input_layer: str,
     for index, steps in enumerate(store.iter_step_chunks(run_id)):
         x_start, x = next(inputs, (-1, None))
         y_start, y = (x_start, x) if output_layer == input_layer else next(outputs, (-1, None))
-        if x is None or y is None or not x_start == y_start == steps.step_start \
-                or len(x) != steps.n_steps:
+        aligned = x is not None and y is not None and x_start == y_start == steps.step_start
+        if not aligned or len(x) != steps.n_steps or len(y) != steps.n_steps:
             raise StoreError(
                 f"run {run_id}: activation chunks of {input_layer} and {output_layer} do not line "
                 f"up with the step chunks at step {steps.step_start}; the run's data is "

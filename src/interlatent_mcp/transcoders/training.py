@@ -61,7 +61,11 @@ class TrainingHistory:
 
 @contextmanager
 def single_thread_if_small(model: SparseCoder) -> Iterator[None]:
-    """Run the block with one torch thread when the model is small, then restore the setting."""
+    """Run the block with one torch thread when the model is small, then restore the setting.
+
+    NOTE: the thread count is process-wide, so other torch work running at the same time (a
+    second job in the server) runs on one thread too until the block ends.
+    """
     n_weights = sum(p.numel() for p in model.parameters())
     previous = torch.get_num_threads()
     if n_weights <= SINGLE_THREAD_MAX_WEIGHTS and previous != 1:
