@@ -139,8 +139,8 @@ class Trainer:
         n_dead = self.model.n_latents - int(alive.sum())
         if n_dead == 0:
             return None
-        # NOTE: only the first AUX_ROWS rows of the (shuffled) batch enter the auxiliary loss.
-        # That is an unbiased estimate of it, and it keeps the extra top-k cheap.
+        # NOTE: only the first AUX_ROWS rows of the batch enter the auxiliary loss. Batches are
+        # shuffled, so these rows are a random sample, and the extra top-k stays cheap.
         dead_pre = pre[:AUX_ROWS].masked_fill(alive, float("-inf"))  # (AUX_ROWS, n_latents)
         # Decoded without biases: the dead latents model the residual error.
         aux_reconstruction = topk_latents(dead_pre, min(self.aux_k, n_dead)) @ self.model.W_dec
