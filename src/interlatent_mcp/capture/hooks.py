@@ -210,6 +210,21 @@ class ActivationRecorder:
 
         The arrays are views of the recorder's buffers: write them out before the next `take`.
         """
+        blocks = self.peek(n_steps)
+        self.drop(n_steps)
+        return blocks
+
+    def drop(self, n_steps: int) -> None:
+        """Forget the first `n_steps` steps of every point, once they are written."""
+        for pending in self.pending.values():
+            del pending[:n_steps]
+
+    def peek(self, n_steps: int) -> dict[str, np.ndarray]:
+        """Return the first `n_steps` steps of every point as float32 arrays, keeping them.
+
+        A write that fails (Ctrl-C during a transaction, say) can then be retried with the same
+        steps. The arrays are views of the recorder's buffers, valid until the next call.
+        """
         blocks = {}
         for name, pending in self.pending.items():
             if len(pending) < n_steps:
@@ -218,7 +233,6 @@ class ActivationRecorder:
                     f"policy's forward pass must run the hooked module once per step"
                 )
             taken = pending[:n_steps]
-            del pending[:n_steps]
             if not taken:
                 blocks[name] = np.zeros((0, self.widths[name]), dtype=np.float32)
                 continue

@@ -119,10 +119,13 @@ class _Recording:
                 self.store.add_episodes(self.finished)
                 self.finished = []
             return
-        blocks = self.recorder.take(n)
+        # Steps leave the recorder only once their chunk is committed, so a write interrupted
+        # mid-transaction can be retried by `_save_partial`.
+        blocks = self.recorder.peek(n)
         activations = {self.layer_ids[name]: block for name, block in blocks.items()}
         self.store.write_chunk(self.run.run_id, self.chunk, self.step_chunk(), activations,
                                self.finished)
+        self.recorder.drop(n)
         self.chunk += 1
         self.finished = []
         self.rows.clear()
