@@ -121,8 +121,12 @@ def _check_layers(store: Store, runs: list[RunRecord], layers: Sequence[str] | N
     return list(dict.fromkeys(layers))
 
 
-def _batches(store: Store, run: RunRecord, layer_id: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (activations (n, C), variables (n, V), step numbers (n,)) in batches of about BATCH_STEPS."""
+def iter_batches(store: Store, run: RunRecord,
+                 layer_id: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (activations (n, C), variables (n, V), step numbers (n,)) of one run and layer.
+
+    Chunks are joined into batches of about BATCH_STEPS steps, in step order.
+    """
     acts: list[np.ndarray] = []
     variables: list[np.ndarray] = []
     starts: list[int] = []
@@ -177,7 +181,7 @@ def compute_stats(
         layer = store.get_layer(policy_id, name)
         state = _LayerPass(layer.width, len(runs[0].variables), params)
         for run in runs:
-            for acts, variables, steps in _batches(store, run, layer.layer_id):
+            for acts, variables, steps in iter_batches(store, run, layer.layer_id):
                 if should_stop is not None and should_stop():
                     raise InterruptedError("analysis stopped on request; nothing was written")
                 state.update(acts, variables, run.run_id, steps)

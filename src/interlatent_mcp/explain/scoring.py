@@ -22,7 +22,7 @@ import numpy as np
 
 from interlatent_mcp.errors import InvalidArgumentError, NotFoundError
 from interlatent_mcp.explain.predicate import Predicate, PredicateKind, parse_predicate
-from interlatent_mcp.analysis.compute import _batches
+from interlatent_mcp.analysis.compute import iter_batches
 from interlatent_mcp.store import AnalysisRecord, ExplanationRecord, RunRecord, Store
 from interlatent_mcp.store.connection import utc_now
 
@@ -198,7 +198,7 @@ def read_scoring_data(store: Store, runs: Sequence[RunRecord], layer_id: int,
     for run in runs:
         run_offsets[run.run_id] = n_rows
         positions = {name: run.variables.index(name) for name in variables}
-        for block, step_variables, _ in _batches(store, run, layer_id):
+        for block, step_variables, _ in iter_batches(store, run, layer_id):
             columns.append(block[:, index])  # (n_batch, k)
             for name, position in positions.items():
                 values[name].append(step_variables[:, position])
