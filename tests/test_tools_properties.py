@@ -313,3 +313,13 @@ def test_resource_fails_with_message(client: SyncClient, policy: str, layer: str
             assert len(str(e)) > 10
         else:
             assert contents[0].text.startswith("# ")
+
+
+@pytest.mark.parametrize("name", TOOL_NAMES)
+def test_unknown_argument_rejected(client: SyncClient, tool_schemas: dict[str, dict[str, Any]],
+                                   name: str) -> None:
+    """A misspelt argument is a tool error naming it, never silently ignored."""
+    assert tool_schemas[name].get("additionalProperties") is False, name
+    result = client.call(name, {"no_such_argument": 1})
+    assert result.is_error, name
+    assert "no_such_argument" in result_text(result), name

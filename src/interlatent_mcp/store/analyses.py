@@ -168,8 +168,10 @@ class AnalysesMixin:
         ).fetchone()
         if row is None:
             runs = "" if run_ids is None else f" over runs {sorted(run_ids)}"
+            named = conn.execute("SELECT name FROM layers WHERE layer_id = ?", (layer_id,)).fetchone()
+            layer = repr(named[0]) if named else f"id {layer_id}"
             raise AnalysisNotFoundError(
-                f"no statistics computed for layer id {layer_id}{runs}; compute them first with "
+                f"no statistics computed for layer {layer}{runs}; compute them first with "
                 f"`interlatent stats` or the compute_stats tool"
             )
         return self.get_analysis(row[0])

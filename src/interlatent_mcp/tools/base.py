@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
+from pydantic import ConfigDict
 
 from interlatent_mcp.errors import InterlatentError
 from interlatent_mcp.jobs import JobFunction, JobKind, JobRunner
@@ -103,6 +104,29 @@ class ToolSet:
         for spec in self._tools:
             server.add_tool(bind_context(spec.fn, context), name=spec.fn.__name__,
                             title=spec.title, annotations=spec.annotations)
+            reject_unknown_arguments(server, spec.fn.__name__)
+
+
+def reject_unknown_arguments(server: MCPServer, name: str) -> None:
+    """Make the tool `name` reject arguments it does not declare, instead of ignoring them.
+
+    The SDK's argument models ignore extra keys, so a misspelt optional argument (say
+    `predicat=...`) would silently fall back to its default and return a plausible but wrong
+    result. A strict subclass of the model turns it into a validation error, which the SDK
+    reports as a tool error naming the argument, and the published input schema gets
+    `additionalProperties: false`.
+    """
+    # NOTE: the SDK (mcp 2.3) offers no public hook for this; `_tool_manager` is private, and
+    # tests/test_tools_properties.py fails if a future SDK stops honouring the strict model.
+    tool = server._tool_manager.get_tool(name)  # noqa: SLF001
+    if tool is None:
+        raise LookupError(f"tool {name!r} was not registered")
+    loose = tool.fn_metadata.arg_model
+    strict = type(f"{loose.__name__}Strict", (loose,),
+                  {"model_config": ConfigDict(**loose.model_config, extra="forbid"),
+                   "__module__": loose.__module__})
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = {**tool.parameters, "additionalProperties": False}
 
 
 def bind_context(fn: Callable[..., Any], context: ServerContext) -> Callable[..., Any]:
