@@ -67,3 +67,27 @@ def test_architecture_choices_match_library() -> None:
     train = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
     (option,) = [action for action in train._actions if action.dest == "architecture"]  # noqa: SLF001
     assert tuple(option.choices) == ARCHITECTURES
+
+
+def test_epochs_help_states_stopping_rule() -> None:
+    from interlatent_mcp.cli import build_parser
+    from interlatent_mcp.transcoders import TranscoderConfig
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    (option,) = [action for action in train._actions if action.dest == "epochs"]  # noqa: SLF001
+    config = TranscoderConfig()
+    help_text = option.help % {}
+    assert option.default == config.max_epochs
+    assert f"(default {config.max_epochs})" in help_text
+    assert f"improved by {config.min_improvement:.1%} for {config.patience} epochs" in help_text
+
+
+def test_train_unknown_layer_lists_policy_layers(store_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "1", "--input", "fc3:pre", "--store", str(store_path)])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "layer 'fc3:pre' does not exist in policy 'cartpole-ppo' (did you mean" in err
+    assert "its layers: fc1:pre, fc1:post, act1:pre" in err
+    assert "rollout" not in err

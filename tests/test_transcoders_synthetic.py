@@ -249,6 +249,38 @@ def test_unrecorded_layer_names_recorded_ones(synthetic) -> None:
         train_transcoder(store, [run_id], "block:pre", "other:post")
 
 
+def test_unknown_layer_suggests_close_name(synthetic) -> None:
+    store, run_id, _ = synthetic
+    with pytest.raises(UnknownLayerError) as raised:
+        train_transcoder(store, [run_id], "blok:pre", "block:post")
+    message = str(raised.value)
+    assert "layer 'blok:pre' does not exist in policy 'synthetic'" in message
+    assert "(did you mean 'block:pre'?)" in message
+    assert "its layers: block:pre, block:post" in message
+    assert "rollout" not in message
+
+
+@pytest.mark.parametrize(("layers", "advice"), [
+    (["extra:post"], ("`interlatent rollout test:synthetic --layers extra:post`",
+                      "record_rollout with policy='test:synthetic' and layers=['extra:post']")),
+    (["block:pre", "extra:post"], ("`interlatent rollout test:synthetic --layers block:pre "
+                                   "extra:post`",
+                                   "layers=['block:pre', 'extra:post'] (MCP)")),
+])
+def test_unrecorded_layer_advises_rollout(synthetic, layers: list[str],
+                                          advice: tuple[str, str]) -> None:
+    store, run_id, _ = synthetic
+    store.add_layer(store.get_run(run_id).policy_id, "extra:post", 4)
+    with pytest.raises(UnknownLayerError) as raised:
+        train_transcoder(store, [run_id], *layers)
+    message = str(raised.value)
+    # An autoencoder passes its layer as input and output, and the message names it once.
+    assert "did not record layer 'extra:post'; it recorded block:pre, block:post." in message
+    command, tool_call = advice
+    assert command in message
+    assert tool_call in message
+
+
 def test_skip_connection_rejected_for_autoencoder(synthetic) -> None:
     store, run_id, _ = synthetic
     with pytest.raises(InvalidArgumentError, match="skip_connection"):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from interlatent_mcp.capture.hooks import parse_layer_name
-from interlatent_mcp.errors import InvalidArgumentError, StoreError, UnknownLayerError
-from interlatent_mcp.store import RunRecord, StepChunk, Store
+from interlatent_mcp.errors import (
+    InvalidArgumentError,
+    StoreError,
+    UnknownLayerError,
+    closest_names,
+)
+from interlatent_mcp.store import PolicyRecord, RunRecord, StepChunk, Store
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +86,50 @@ def check_runs(store: Store, run_ids: Sequence[int], layers: Sequence[str]) -> l
             f"runs {[r.run_id for r in runs]} belong to different policies {sorted(policies)}; "
             f"train on runs of one policy"
         )
+    # An autoencoder passes its layer twice, as input and output.
+    required = list(dict.fromkeys(layers))
     for run in runs:
         if run.status == "running":
             raise InvalidArgumentError(
                 f"run {run.run_id} is still recording; wait for it to finish or pass other runs"
             )
-        missing = [layer for layer in layers if layer not in run.layers]
+        missing = [layer for layer in required if layer not in run.layers]
         if missing:
-            raise UnknownLayerError(
-                f"run {run.run_id} did not record layer {', '.join(repr(m) for m in missing)}; "
-                f"it recorded {', '.join(run.layers) or 'no layers'}; record a rollout with "
-                f"layers={list(dict.fromkeys(layers))} or train on those layers"
-            )
+            raise _missing_layer_error(store, run, missing, required)
     return runs
+
+
+def _missing_layer_error(store: Store, run: RunRecord, missing: list[str],
+                         required: list[str]) -> UnknownLayerError:
+    """Return the error for layers that `run` lacks: either the policy has no such layer, or
+    the rollout did not record it, and the error says how to record it."""
+    policy_layers = [layer.name for layer in store.list_layers(run.policy_id)]
+    policy = store.get_policy(run.policy_id)
+    unknown = [name for name in missing if name not in policy_layers]
+    if unknown:
+        hint = closest_names(unknown[0], policy_layers)
+        return UnknownLayerError(
+            f"layer {unknown[0]!r} does not exist in policy {policy.name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; its layers: {', '.join(policy_layers) or 'none'}"
+        )
+    spec = _policy_spec(policy)
+    return UnknownLayerError(
+        f"run {run.run_id} did not record layer{'s' if len(missing) > 1 else ''} "
+        f"{', '.join(repr(m) for m in missing)}; it recorded "
+        f"{', '.join(run.layers) or 'no layers'}. Record a run with "
+        f"`interlatent rollout {shlex.quote(spec)} --layers {' '.join(required)}` (command line) "
+        f"or record_rollout with policy={spec!r} and layers={required} (MCP), then pass its run id"
+    )
+
+
+def _policy_spec(policy: PolicyRecord) -> str:
+    """Return how `interlatent rollout` and record_rollout name the policy."""
+    if policy.source.startswith("python:"):
+        # Neither can load a policy defined in Python code by name; the name still tells the
+        # user which policy to record.
+        return policy.name
+    return policy.source.removeprefix("builtin:")
 
 
 def iter_run_blocks(store: Store, run_id: int, input_layer: str,
