@@ -65,8 +65,34 @@ def test_train_reports_epoch_progress(trained: dict[str, Any]) -> None:
     assert trained["progress"], "no progress notification arrived"
     values = [value for value, _total, _message in trained["progress"]]
     assert values == sorted(values)
-    assert all(total == 6 for _value, total, _message in trained["progress"])
+    # max_epochs + 1: the last unit records the latents.
+    assert all(total == 7 for _value, total, _message in trained["progress"])
     assert any("epoch" in (message or "") for _value, _total, message in trained["progress"])
+    assert trained["progress"][-1][0] == 7
+    assert trained["progress"][-1][2].startswith("finished: trained 'act2-small' for 6 epochs")
+
+
+def test_get_job_after_training_returns_summary(client: SyncClient,
+                                                trained: dict[str, Any]) -> None:
+    job = client.ok("get_job", {"job_id": trained["job"]["job_id"]})
+    assert job["status"] == "complete"
+    assert job["result"] == trained["transcoder"]
+    epochs = trained["transcoder"]["epochs"]
+    assert job["message"].startswith(f"finished: trained 'act2-small' for {epochs} epochs")
+    assert job["progress"] == job["total"] == 7
+
+
+def test_invalid_name_rejected_before_job(client: SyncClient, trained: dict[str, Any]) -> None:
+    jobs_before = client.ok("list_jobs", {"limit": 100})["jobs"]
+    invalid = client.error("train_transcoder", {"run_ids": [1], "input_layer": "act2:pre",
+                                                "name": "two words"})
+    assert "transcoder name 'two words' is invalid" in invalid
+    assert "job" not in invalid
+    taken = client.error("train_transcoder", {"run_ids": [1], "input_layer": "act2:pre",
+                                              "name": "act2-small"})
+    assert "a transcoder named 'act2-small' already exists" in taken
+    assert "job" not in taken
+    assert client.ok("list_jobs", {"limit": 100})["jobs"] == jobs_before
 
 
 def test_latent_layer_works_with_channel_tools(client: SyncClient,
@@ -120,7 +146,13 @@ def test_evaluate_on_runs_without_splice(client: SyncClient, trained: dict[str, 
 def test_tool_errors_explain(client: SyncClient, trained: dict[str, Any]) -> None:
     missing_layer = client.error("train_transcoder", {"run_ids": [2], "input_layer": "act2:pre",
                                                       "output_layer": "act2:post"})
-    assert "it recorded act1:post" in missing_layer
+    assert "did not record layers 'act2:pre', 'act2:post'; it recorded act1:post." in missing_layer
+    assert "`interlatent rollout cartpole-ppo --layers act2:pre act2:post`" in missing_layer
+    assert "record_rollout with policy='cartpole-ppo' and layers=['act2:pre', 'act2:post']" in (
+        missing_layer)
+    unknown_layer = client.error("train_transcoder", {"run_ids": [1], "input_layer": "fc3:pre"})
+    assert "layer 'fc3:pre' does not exist in policy 'cartpole-ppo'" in unknown_layer
+    assert "its layers: fc1:pre, fc1:post" in unknown_layer
     duplicate = client.error("train_transcoder", {"run_ids": [1], "input_layer": "act2:pre",
                                                   "name": "act2-small"})
     assert "already exists" in duplicate
@@ -138,5 +170,6 @@ def test_cancel_keeps_best_weights(client: SyncClient) -> None:
     assert job["status"] == "cancelled"
     assert job["result"]["stopped"] == "requested"
     assert job["result"]["kind"] == "autoencoder"
+    assert job["message"].startswith("stopped on request after")
     names = [t["name"] for t in client.ok("list_transcoders")["transcoders"]]
     assert "cancelled" in names

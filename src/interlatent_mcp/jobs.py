@@ -154,23 +154,24 @@ class JobRunner:
                    send_progress: ProgressSender | None = None) -> JobRecord:
         """Wait up to `timeout_s` seconds for a job to finish, forwarding progress as it changes.
 
-        Polls the in-memory state without blocking the event loop. A job still running at the
-        deadline keeps running; the caller returns its id. Cancelling the awaiting task leaves
+        Polls the in-memory state without blocking the event loop, so a job faster than the
+        polling may skip intermediate updates. A job that finished within the wait gets one last
+        notification if its final progress is above the last value sent. A job still running at
+        the deadline keeps running; the caller returns its id. Cancelling the awaiting task leaves
         the job running as well.
         """
         import anyio
 
         live = self.live_state(job_id)
         deadline = time.monotonic() + timeout_s
-        sent: tuple[float, float | None] | None = None
+        sent = 0.0
         delay = 0.01
         while live is not None and not live.done.is_set() and time.monotonic() < deadline:
-            current = (live.progress, live.total)
-            if send_progress is not None and current != sent and live.progress > 0:
-                sent = current
-                await send_progress(live.progress, live.total, live.message)
+            sent = await _send_if_advanced(live, sent, send_progress)
             await anyio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
             delay = min(delay * 2, 0.25)
+        if live is not None and live.done.is_set():
+            await _send_if_advanced(live, sent, send_progress)
         return await anyio.to_thread.run_sync(self.get, job_id)
 
     # Stopping
@@ -253,6 +254,19 @@ class JobRunner:
         self.store.update_job(live.job_id, status=status, progress=live.progress, total=live.total,
                               message=live.message, result=result, error=error)
         logger.info("job %s (%s) %s", live.job_id, live.kind, status)
+
+
+async def _send_if_advanced(live: _LiveJob, sent: float,
+                            send_progress: ProgressSender | None) -> float:
+    """Send the job's progress if it is above the last value sent; return the last value sent.
+
+    MCP requires the progress value to increase with each notification.
+    """
+    progress, total, message = live.progress, live.total, live.message
+    if send_progress is None or progress <= sent:
+        return sent
+    await send_progress(progress, total, message)
+    return progress
 
 
 def _describe(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ class TranscoderRecord:
     created_at: str
 
 
+# A name becomes part of the latent layer's name ('transcoder/<name>') and of shell commands, so it
+# is kept to characters that need no quoting.
+TRANSCODER_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+
 _COLUMNS = ("transcoder_id, name, policy_id, input_layer, output_layer, architecture, config,"
             " metrics, latent_layer_id, created_at")
 
@@ -44,6 +49,21 @@ def _transcoder_from_row(row: Any) -> TranscoderRecord:
     values["config"] = json.loads(values["config"])
     values["metrics"] = json.loads(values["metrics"])
     return TranscoderRecord(**values)
+
+
+def _check_name_pattern(name: str) -> None:
+    if not TRANSCODER_NAME_PATTERN.fullmatch(name):
+        raise InvalidArgumentError(
+            f"transcoder name {name!r} is invalid; use 1 to 100 letters, digits, '_', '.' or '-', "
+            f"starting with a letter or digit"
+        )
+
+
+def _name_taken_error(name: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"a transcoder named {name!r} already exists; choose another name or list the existing "
+        f"ones with list_transcoders"
+    )
 
 
 class TranscodersMixin:
@@ -63,14 +83,12 @@ class TranscodersMixin:
         metrics: Mapping[str, Any],
         weights: bytes,
     ) -> TranscoderRecord:
-        """Insert a trained transcoder; a name already in the store is rejected."""
+        """Insert a trained transcoder; an invalid name or one already in the store is rejected."""
+        _check_name_pattern(name)
         with self.connections.atomic() as tx:
             taken = tx.execute("SELECT 1 FROM transcoders WHERE name = ?", (name,)).fetchone()
             if taken is not None:
-                raise InvalidArgumentError(
-                    f"a transcoder named {name!r} already exists; choose another name or list "
-                    f"the existing ones with list_transcoders"
-                )
+                raise _name_taken_error(name)
             transcoder_id = tx.execute(
                 "INSERT INTO transcoders (name, policy_id, input_layer, output_layer,"
                 " architecture, config, metrics, weights, created_at)"
@@ -80,6 +98,14 @@ class TranscodersMixin:
                  weights, utc_now()),
             ).lastrowid
         return self.get_transcoder(transcoder_id)
+
+    def check_transcoder_name(self, name: str) -> None:
+        """Raise InvalidArgumentError unless `name` is a valid name that no transcoder has yet."""
+        _check_name_pattern(name)
+        taken = self.connections.get().execute(
+            "SELECT 1 FROM transcoders WHERE name = ?", (name,)).fetchone()
+        if taken is not None:
+            raise _name_taken_error(name)
 
     def get_transcoder(self, transcoder: int | str) -> TranscoderRecord:
         """Return a transcoder by id or by name; an unknown one lists the names in the store.

@@ -83,9 +83,10 @@ def follow_up(record: JobRecord, when_done: str) -> str:
 
 @tools.tool(title="Get a job")
 def get_job(context: ServerContext, job_id: JobId) -> JobInfo:
-    """Return a job's status, progress and, once complete, its result (for example the run or
-    analysis it produced). Use it to follow a record_rollout or compute_stats call that returned
-    before its job finished. Cheap; poll every few seconds at most."""
+    """Return a job's status, progress and, once complete, its result (for example the run,
+    analysis or transcoder it produced). Use it to follow a record_rollout, compute_stats,
+    train_transcoder or evaluate_transcoder call that returned before its job finished. Cheap;
+    poll every few seconds at most."""
     return job_info(context, context.jobs.get(job_id))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import anyio
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
@@ -131,12 +132,34 @@ def train_transcoder_job(control: JobControl, params: dict[str, Any]) -> dict[st
         skip_connection=params["skip_connection"], max_epochs=params["max_epochs"],
         seed=params["seed"],
     )
+    # Progress counts epochs out of max_epochs + 1: the last unit stores the coder and records
+    # its latents, so the job reaches its total only once it is finished.
+    total = config.max_epochs + 1
+
+    def progress(done: float, _total: float, message: str) -> None:
+        control.report(done, total, message)
+
     trained = train_transcoder(
         control.store, params["run_ids"], params["input_layer"], params["output_layer"],
-        config=config, name=params["name"], progress=control.report,
-        should_stop=control.should_stop,
+        config=config, name=params["name"], progress=progress, should_stop=control.should_stop,
     )
-    return summarize_transcoder(control.store, trained.record).model_dump()
+    summary = summarize_transcoder(control.store, trained.record)
+    _report_training_end(control, summary, total)
+    return summary.model_dump()
+
+
+def _report_training_end(control: JobControl, summary: TranscoderSummary, total: int) -> None:
+    """Replace the last epoch's progress message with how training ended."""
+    epochs = summary.epochs or 0
+    if summary.stopped == "requested":
+        control.report(epochs, total, f"stopped on request after {epochs} epochs; stored "
+                                      f"{summary.name!r} with the best weights so far")
+        return
+    reason = ("stopped early: the validation loss stopped improving"
+              if summary.stopped == "converged" else "reached max_epochs")
+    fvu = "" if summary.held_out is None else f", held-out FVU {summary.held_out.fvu:.4f}"
+    control.report(total, total,
+                   f"finished: trained {summary.name!r} for {epochs} epochs ({reason}){fvu}")
 
 
 @tools.tool(title="Train a transcoder", read_only=False, idempotent=False)
@@ -165,12 +188,16 @@ async def train_transcoder(
     get_channel, top_activations and write_explanation work on latents as on channels. Cost:
     roughly 10-20 s for 10,000 steps of a 64-channel layer on one CPU core (an estimate from
     CartPole runs). Waits up to wait_seconds, then returns a job id to follow with get_job.
-    Progress is reported per epoch, and cancel_job keeps the best weights so far.
+    Progress counts epochs out of max_epochs + 1, the last unit being the recording of the
+    latents; cancel_job keeps the best weights so far.
     """
     params = {"run_ids": list(run_ids), "input_layer": input_layer, "output_layer": output_layer,
               "architecture": architecture, "n_latents": n_latents, "k": k,
               "skip_connection": skip_connection, "max_epochs": max_epochs, "seed": seed,
               "name": name}
+    if name is not None:
+        # Checked before the job starts, so that the call fails at once.
+        await anyio.to_thread.run_sync(context.store.check_transcoder_name, name)
     record = await start_and_wait(context, ctx, "train_transcoder", params, wait_seconds)
     summary = TranscoderSummary.model_validate(record.result) if record.result else None
     advice = "call evaluate_transcoder to measure splice-in fidelity"
@@ -217,13 +244,16 @@ def evaluate_transcoder_job(control: JobControl, params: dict[str, Any]) -> dict
         control.report(1, 1 + episodes, f"splice-in rollouts: {episodes} episodes, twice")
         splice = compute_splice_fidelity(store, transcoder, episodes=episodes,
                                          seed=params["seed"]).to_dict()
-    return EvaluationSummary(
+    summary = EvaluationSummary(
         transcoder=store.get_transcoder(transcoder).name,
         reconstruction=ReconstructionSummary.model_validate(metrics.to_dict()),
         evaluated_on="held-out episodes" if run_ids is None else f"runs {run_ids}",
         density_edges=metrics.density_edges, density_counts=metrics.density_counts,
         splice=_splice(splice),
-    ).model_dump()
+    )
+    control.report(1 + episodes, 1 + episodes,
+                   f"finished: FVU {summary.reconstruction.fvu:.4f} on {summary.evaluated_on}")
+    return summary.model_dump()
 
 
 @tools.tool(title="Evaluate a transcoder", read_only=False, idempotent=False)

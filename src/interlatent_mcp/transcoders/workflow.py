@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +37,6 @@ from interlatent_mcp.transcoders.splice import SpliceFidelity, measure_splice_fi
 from interlatent_mcp.transcoders.training import ProgressCallback, TrainingHistory, fit
 
 logger = logging.getLogger(__name__)
-
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
-
 
 @dataclass(frozen=True)
 class TrainedTranscoder:
@@ -205,14 +201,7 @@ def _choose_name(store: Store, name: str | None, source: str, target: str,
                  config: TranscoderConfig) -> str:
     """Validate a requested name, or generate a free one like 'act2-transcoder-topk'."""
     if name is not None:
-        if not NAME_PATTERN.fullmatch(name):
-            raise InvalidArgumentError(
-                f"transcoder name {name!r} is invalid; use 1 to 100 letters, digits, '_', '.' "
-                f"or '-', starting with a letter or digit"
-            )
-        if _name_taken(store, name):
-            raise InvalidArgumentError(
-                f"a transcoder named {name!r} already exists; choose another name")
+        store.check_transcoder_name(name)
         return name
     kind = "sae" if source == target else "transcoder"
     module = target.replace(":", "-") if source == target else target.split(":")[0]
