@@ -298,3 +298,11 @@ def test_duplicate_name_rejected(synthetic) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid"):
         train_transcoder(store, [run_id], "block:pre", "block:post", config=config,
                          name="has space")
+
+
+def test_latent_layer_rejected_as_training_input() -> None:
+    from interlatent_mcp.errors import InvalidArgumentError
+    from interlatent_mcp.transcoders.data import normalize_layer_names
+
+    with pytest.raises(InvalidArgumentError, match="transcoder's latents"):
+        normalize_layer_names("transcoder/ae64", None)

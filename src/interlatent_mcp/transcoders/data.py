@@ -70,6 +70,14 @@ def episode_mask(run_ids: np.ndarray, episodes: np.ndarray,
 
 def normalize_layer_names(input_layer: str, output_layer: str | None) -> tuple[str, str]:
     """Return full layer names; no output layer means an autoencoder of the input layer."""
+    for name in (input_layer, output_layer):
+        if name is not None and name.startswith("transcoder/"):
+            # Latent layers are computed from recorded data, not by a module of the policy,
+            # so there is nothing to splice a coder into.
+            raise InvalidArgumentError(
+                f"layer {name!r} holds a transcoder's latents; train on module layers such as "
+                f"act2:pre and act2:post"
+            )
     source = parse_layer_name(input_layer).name
     target = source if output_layer is None else parse_layer_name(output_layer).name
     return source, target
