@@ -180,3 +180,29 @@ def test_dead_process_run_marked_interrupted(tmp_path: Path) -> None:
         layer_id = store.run_layer_ids(run.run_id)["act1:post"]
         assert store.read_activations(run.run_id, layer_id).shape == (300, 64)
         assert store.mark_running_runs_interrupted() == []
+
+
+class InterruptAfterCommitStore(Store):
+    """A real store whose third chunk write commits and then gets Ctrl-C, as a signal can."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes = 0
+
+    def write_chunk(self, *args: Any, **kwargs: Any) -> None:
+        super().write_chunk(*args, **kwargs)
+        self.writes += 1
+        if self.writes == 3:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_after_commit_keeps_chunks(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    with InterruptAfterCommitStore(tmp_path / "store.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            record_rollout(store, "cartpole-ppo", steps=1000, layers=LAYERS, chunk_steps=CHUNK_STEPS)
+        (run,) = store.list_runs()
+        assert run.status == "interrupted"
+        assert run.n_steps == 3 * CHUNK_STEPS
+        assert store.integrity_check() == "ok"
+    assert "could not write" not in caplog.text

@@ -111,20 +111,25 @@ class _Recording:
             variables=np.concatenate(columns, axis=1),
         )
 
-    def flush(self) -> None:
-        """Write the buffered steps and finished episodes as one chunk (one transaction)."""
+    def flush(self, *, retry: bool = False) -> None:
+        """Write the buffered steps and finished episodes as one chunk (one transaction).
+
+        Steps leave the buffers only once their chunk is committed, so a flush interrupted by
+        Ctrl-C can be repeated with `retry=True`. A retry first checks whether the interrupted
+        transaction had in fact committed, and then only updates the bookkeeping.
+        """
         n = len(self.rows)
+        run_id = self.run.run_id
         if n == 0:
-            if self.finished:
+            if self.finished and not (retry and self.store.has_episode(run_id, self.finished[-1].episode)):
                 self.store.add_episodes(self.finished)
-                self.finished = []
+            self.finished = []
             return
-        # Steps leave the recorder only once their chunk is committed, so a write interrupted
-        # mid-transaction can be retried by `_save_partial`.
-        blocks = self.recorder.peek(n)
-        activations = {self.layer_ids[name]: block for name, block in blocks.items()}
-        self.store.write_chunk(self.run.run_id, self.chunk, self.step_chunk(), activations,
-                               self.finished)
+        if not (retry and self.store.has_step_chunk(run_id, self.chunk)):
+            blocks = self.recorder.peek(n)
+            activations = {self.layer_ids[name]: block for name, block in blocks.items()}
+            self.store.write_chunk(run_id, self.chunk, self.step_chunk(), activations,
+                                   self.finished)
         self.recorder.drop(n)
         self.chunk += 1
         self.finished = []
@@ -283,7 +288,7 @@ def _save_partial(state: _Recording, error: BaseException, duration_s: float) ->
     """Write the complete steps that are still buffered and mark the run interrupted."""
     message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     try:
-        state.flush()
+        state.flush(retry=True)
     except Exception:  # noqa: BLE001 - the original error matters more; this one is logged
         logger.exception("could not write the last %d buffered steps of run %d",
                          len(state.rows), state.run.run_id)

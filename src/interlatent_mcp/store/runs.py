@@ -285,6 +285,18 @@ class RunsMixin:
                 ],
             )
 
+    def has_episode(self, run_id: int, episode: int) -> bool:
+        row = self.connections.get().execute(
+            "SELECT 1 FROM episodes WHERE run_id = ? AND episode = ?", (run_id, episode)
+        ).fetchone()
+        return row is not None
+
+    def has_step_chunk(self, run_id: int, chunk: int) -> bool:
+        row = self.connections.get().execute(
+            "SELECT 1 FROM step_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)
+        ).fetchone()
+        return row is not None
+
     def list_episodes(self, run_id: int) -> list[EpisodeRecord]:
         rows = self.connections.get().execute(
             "SELECT * FROM episodes WHERE run_id = ? ORDER BY episode", (run_id,)
