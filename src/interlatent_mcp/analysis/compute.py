@@ -78,25 +78,12 @@ class _LayerPass:
 
 
 def _check_runs(store: Store, run_ids: Sequence[int]) -> list[RunRecord]:
-    if not run_ids:
-        raise InvalidArgumentError("give at least one run id; list runs with `interlatent runs`")
-    runs = [store.get_run(int(run_id)) for run_id in dict.fromkeys(run_ids)]
-    policies = {run.policy_id for run in runs}
-    if len(policies) > 1:
-        raise InvalidArgumentError(
-            f"runs {[r.run_id for r in runs]} belong to different policies {sorted(policies)}; "
-            f"analyse runs of one policy together"
-        )
+    runs = store.get_finished_runs(run_ids, purpose="analyse")
     variables = {tuple(run.variables) for run in runs}
     if len(variables) > 1:
         raise InvalidArgumentError(
             f"runs {[r.run_id for r in runs]} record different per-step variables; analyse runs "
             f"of the same environment and metrics together"
-        )
-    recording = [run.run_id for run in runs if run.status == "running"]
-    if recording:
-        raise InvalidArgumentError(
-            f"runs {recording} are still recording; wait for them to finish"
         )
     if all(run.n_steps == 0 for run in runs):
         raise InvalidArgumentError(

@@ -245,6 +245,28 @@ class RunsMixin:
             ]
             return [self.get_run(run_id) for run_id in ids]
 
+    def get_finished_runs(self, run_ids: Sequence[int], *, purpose: str) -> list[RunRecord]:
+        """Return the distinct runs `run_ids`, checked to exist, to share one policy and to have
+        finished recording. `purpose` completes the error messages ("analyse", "train on")."""
+        if not run_ids:
+            raise InvalidArgumentError(
+                f"give at least one run id to {purpose}; list runs with `interlatent runs` or "
+                f"the list_runs tool"
+            )
+        runs = [self.get_run(int(run_id)) for run_id in dict.fromkeys(run_ids)]
+        policies = {run.policy_id for run in runs}
+        if len(policies) > 1:
+            raise InvalidArgumentError(
+                f"runs {[r.run_id for r in runs]} belong to different policies "
+                f"{sorted(policies)}; {purpose} runs of one policy together"
+            )
+        recording = [run.run_id for run in runs if run.status == "running"]
+        if recording:
+            raise InvalidArgumentError(
+                f"runs {recording} are still recording; wait for them to finish or pass other runs"
+            )
+        return runs
+
     def count_runs(self) -> int:
         return self.connections.get().execute("SELECT count(*) FROM runs").fetchone()[0]
 

@@ -85,22 +85,10 @@ def normalize_layer_names(input_layer: str, output_layer: str | None) -> tuple[s
 
 def check_runs(store: Store, run_ids: Sequence[int], layers: Sequence[str]) -> list[RunRecord]:
     """Check that the runs exist, share one policy, are finished and recorded every layer."""
-    if not run_ids:
-        raise InvalidArgumentError("give at least one run id to train on; list runs with list_runs")
-    runs = [store.get_run(int(run_id)) for run_id in dict.fromkeys(run_ids)]
-    policies = {run.policy_id for run in runs}
-    if len(policies) > 1:
-        raise InvalidArgumentError(
-            f"runs {[r.run_id for r in runs]} belong to different policies {sorted(policies)}; "
-            f"train on runs of one policy"
-        )
+    runs = store.get_finished_runs(run_ids, purpose="train on")
     # An autoencoder passes its layer twice, as input and output.
     required = list(dict.fromkeys(layers))
     for run in runs:
-        if run.status == "running":
-            raise InvalidArgumentError(
-                f"run {run.run_id} is still recording; wait for it to finish or pass other runs"
-            )
         missing = [layer for layer in required if layer not in run.layers]
         if missing:
             raise _missing_layer_error(store, run, missing, required)
