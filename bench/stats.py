@@ -61,8 +61,11 @@ def build_store(path: Path, steps: int, channels: int) -> tuple[Store, int]:
 
 
 def numpy_analysis(x: np.ndarray, y: np.ndarray) -> None:
-    """The same outputs as compute_stats, from whole arrays in memory, each in its fastest form
-    measured here (channel-major float32 for quantiles, histograms and top-k)."""
+    """Compute the same outputs as compute_stats from whole arrays in memory.
+
+    Each quantity uses its fastest numpy form measured here: channel-major float32 for
+    quantiles, histograms and top-k.
+    """
     xt = np.ascontiguousarray(x.T)  # (C, N)
     _count = np.isfinite(xt).sum(axis=1)
     mean, std = xt.mean(axis=1, dtype=np.float64), xt.std(axis=1, dtype=np.float64)

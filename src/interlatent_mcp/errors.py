@@ -1,6 +1,6 @@
 """The library's exception hierarchy.
 
-Every expected failure raises a subclass of `InterlatentError` whose message says what was wrong,
+Every expected failure raises a subclass of `InterlatentError` whose message states what was wrong,
 with the offending value, and what to do next. The MCP layer turns these into tool errors and the
 command line prints them without a traceback.
 """

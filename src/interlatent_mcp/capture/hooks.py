@@ -140,8 +140,8 @@ class ActivationRecorder:
         self.chunk_steps = chunk_steps
         self.clone = clone
         self.pending: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
-        # Preallocated (chunk_steps, *feature shape) buffers, made on the first `take` when the
-        # feature shape is known; the returned numpy arrays are (n, width) views of them.
+        # Preallocated (chunk_steps, *feature shape) buffers, made on the first `peek` once the
+        # feature shape is known. The returned numpy arrays are (n, width) views of them.
         self._buffers: dict[str, torch.Tensor] = {}
 
     def make_hook(self, module_path: str, points: Sequence[Point]):

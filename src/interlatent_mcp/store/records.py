@@ -140,7 +140,7 @@ class StepChunk:
 
 @dataclass(frozen=True)
 class StepContext:
-    """What the environment was doing at one step: for top activations and timelines."""
+    """The environment's state at one step, shown beside top activations and timelines."""
 
     run_id: int
     step: int

@@ -201,7 +201,7 @@ class RunsMixin:
         return ids
 
     def get_run(self, run_id: int) -> RunRecord:
-        """Return a run; an unknown id says how to list runs."""
+        """Return a run. The error for an unknown id names the command and tool that list runs."""
         with self.connections.reading() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
@@ -450,7 +450,10 @@ class RunsMixin:
 
     def read_step_range(self, run_id: int, start: int = 0, stop: int | None = None) -> StepChunk:
         """Return the per-step context of steps [start, stop) as one StepChunk."""
-        run = self.get_run(run_id)
+        return self._read_step_range(self.get_run(run_id), start, stop)
+
+    def _read_step_range(self, run: RunRecord, start: int, stop: int | None) -> StepChunk:
+        run_id = run.run_id
         conn = self.connections.get()
         stop_clause = "" if stop is None else " AND step_start < ?"
         params: list[Any] = [run_id, start] + ([] if stop is None else [stop])
@@ -485,7 +488,7 @@ class RunsMixin:
             raise NotFoundError(
                 f"step {step} is outside run {run_id}, which has steps 0 to {run.n_steps - 1}"
             )
-        chunk = self.read_step_range(run_id, step, step + 1)
+        chunk = self._read_step_range(run, step, step + 1)
         if chunk.n_steps == 0:
             raise NotFoundError(f"step {step} of run {run_id} has not been written")
         return StepContext(

@@ -75,7 +75,7 @@ def normalize_layer_names(input_layer: str, output_layer: str | None) -> tuple[s
             # Latent layers are computed from recorded data, not by a module of the policy,
             # so there is nothing to splice a coder into.
             raise InvalidArgumentError(
-                f"layer {name!r} holds a transcoder's latents; train on module layers such as "
+                f"layer {name!r} contains a transcoder's latents; train on module layers such as "
                 f"act2:pre and act2:post"
             )
     source = parse_layer_name(input_layer).name
